@@ -1,0 +1,164 @@
+"""ComfyUI nodes of the SenCache pack (V3 schema). Thin: inputs → sencache_core objects → wrappers."""
+from __future__ import annotations
+
+import comfy.samplers
+from comfy_api.latest import ComfyExtension, io
+
+from . import profiles
+from .apply import apply_sencache
+from .calibrate import calibrate
+from .runtime import REUSE_MODES, SenCacheSettings
+
+Profile = io.Custom("SENCACHE_PROFILE")
+PCT = "fraction of the sampling schedule as ComfyUI counts it (0 = start, highest σ; 1 = end, σ = 0); works in σ, so it holds for any step count, denoise and split sampling"
+
+
+class SenCache(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SenCacheApply", display_name="SenCache", category="SenCache",
+            description="Skips model evaluations whose output a calibrated sensitivity bound predicts to change by less "
+                        "than ε, reusing the cached output instead (SenCache, CVPR 2026).",
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model (Wan 2.1/2.2, LTX-Video, CogVideoX, ...)."),
+                Profile.Input("profile", tooltip="Sensitivity profile of this model: from Load Profile or the Sensitivity Calibrator."),
+                io.Float.Input("eps_main", default=0.1, min=0.0, max=10.0, step=0.005,
+                               tooltip="Reuse threshold ε after the early phase: the predicted RMS change per element of the "
+                                       "model output (the model's own output units, e.g. velocity for Wan/LTXV). Higher = faster, "
+                                       "lower fidelity; 0 = never reuse."),
+                io.Float.Input("eps_start", default=0.02, min=0.0, max=10.0, step=0.005,
+                               tooltip="Stricter ε (same units as eps_main) for the fragile early part of the schedule, until eps_switch_percent."),
+                io.Float.Input("eps_switch_percent", default=0.2, min=0.0, max=1.0, step=0.01,
+                               tooltip="Where eps_start gives way to eps_main, as a " + PCT + "."),
+                io.Int.Input("max_consecutive_reuse", default=3, min=0, max=100,
+                             tooltip="K: at most this many evaluations in a row reuse the cache (count of model evaluations). "
+                                     "Caps the speed-up at K+1."),
+                io.Float.Input("reuse_start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="No reuse before this point, a " + PCT + ". The first evaluation of a run is always computed."),
+                io.Float.Input("reuse_end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="No reuse after this point, a " + PCT + "."),
+                io.Boolean.Input("protect_final_step", default=True,
+                                 tooltip="Always compute the last step of the schedule (the one that lands on σ = 0)."),
+                io.Boolean.Input("use_high_percentile", default=False,
+                                 tooltip="Use the profile's high percentile of the sensitivities instead of their mean (more conservative)."),
+                io.Combo.Input("reuse_mode", options=list(REUSE_MODES), default="output",
+                               tooltip="What is reused: the model output itself, or its difference from the model input (re-added to the current input)."),
+            ],
+            outputs=[io.Model.Output(tooltip="The model with SenCache attached (connect it to a KSampler).")],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, model, profile, eps_main, eps_start, eps_switch_percent, max_consecutive_reuse, reuse_start_percent,
+                reuse_end_percent, protect_final_step, use_high_percentile, reuse_mode) -> io.NodeOutput:
+        settings = SenCacheSettings(eps_start=eps_start, eps_main=eps_main, max_consecutive=max_consecutive_reuse,
+                                    eps_switch_percent=eps_switch_percent, reuse_start_percent=reuse_start_percent,
+                                    reuse_end_percent=reuse_end_percent, protect_final=protect_final_step,
+                                    high_percentile=use_high_percentile, reuse_mode=reuse_mode)
+        node_id = cls.hidden.unique_id if cls.hidden is not None else None
+        patched, _ = apply_sencache(model, profile, settings, node_id=node_id)
+        return io.NodeOutput(patched)
+
+
+class SensitivityCalibrator(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SenCacheCalibrator", display_name="Sensitivity Calibrator (SenCache)", category="SenCache",
+            description="Samples like a KSampler and measures the model's sensitivities α_x(σ), α_t(σ) on the sampling "
+                        "trajectory (one extra model evaluation per step). Use your own model/LoRA/resolution.",
+            inputs=[
+                io.Model.Input("model", tooltip="The model to calibrate (with your LoRAs applied, without SenCache)."),
+                io.Conditioning.Input("positive", tooltip="Positive conditioning (sensitivities are measured on this branch)."),
+                io.Conditioning.Input("negative", tooltip="Negative conditioning (used by CFG as in normal sampling)."),
+                io.Latent.Input("latent_image", tooltip="The latent to sample (resolution and frame count you will render at)."),
+                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
+                             tooltip="Seed of the first run; run i uses seed + i."),
+                io.Int.Input("steps", default=30, min=2, max=1000, tooltip="Sampling steps per run (count)."),
+                io.Float.Input("cfg", default=6.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="Classifier-free guidance scale."),
+                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="uni_pc", tooltip="Sampler."),
+                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="simple", tooltip="Scheduler."),
+                io.Int.Input("runs", default=2, min=1, max=64, tooltip="Number of sampling runs (consecutive seeds) to average over (count)."),
+                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01, tooltip="Denoise strength (fraction), as in KSampler."),
+                io.String.Input("save_as", default="", tooltip="If set, also save the profile as models/sencache/<save_as>_00001.safetensors."),
+            ],
+            outputs=[io.Latent.Output(display_name="LATENT", tooltip="The first run's sampled latent (identical to a plain KSampler run)."),
+                     Profile.Output(display_name="profile", tooltip="The measured sensitivity profile.")],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, runs, denoise, save_as) -> io.NodeOutput:
+        latent, profile = calibrate(model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, runs, denoise)
+        text = profile.describe()
+        if save_as.strip():
+            text += f"\nsaved: models/sencache/{profiles.save(profile, save_as)}"
+        return io.NodeOutput(latent, profile, ui={"text": [text]})
+
+
+class SaveProfile(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SenCacheSaveProfile", display_name="Save Profile (SenCache)", category="SenCache",
+            description="Saves a sensitivity profile to models/sencache.", is_output_node=True,
+            inputs=[Profile.Input("profile", tooltip="The profile to save."),
+                    io.String.Input("filename_prefix", default="sencache_profile",
+                                    tooltip="File name prefix inside models/sencache (sub-folders allowed); a counter and .safetensors are added.")],
+            outputs=[],
+        )
+
+    @classmethod
+    def execute(cls, profile, filename_prefix) -> io.NodeOutput:
+        name = profiles.save(profile, filename_prefix)
+        return io.NodeOutput(ui={"text": [f"saved models/sencache/{name}"]})
+
+
+class LoadProfile(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SenCacheLoadProfile", display_name="Load Profile (SenCache)", category="SenCache",
+            description="Loads a sensitivity profile from models/sencache: our .safetensors files or the reference .npz files.",
+            inputs=[io.Combo.Input("profile_name", options=_profile_names(),
+                                   tooltip="A file in models/sencache (.safetensors from this pack, or a reference sensitivity_*.npz)."),
+                    io.Combo.Input("npz_preset", options=profiles.NPZ_PRESETS, default="auto",
+                                   tooltip="For reference .npz files only: which model's latent size D and timestep units to convert with (auto = from the file name).")],
+            outputs=[Profile.Output(display_name="profile", tooltip="The loaded profile.")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, profile_name, npz_preset):
+        try:
+            import os
+            return (profile_name, npz_preset, os.path.getmtime(profiles.resolve(profile_name)))
+        except Exception:
+            return (profile_name, npz_preset)
+
+    @classmethod
+    def execute(cls, profile_name, npz_preset) -> io.NodeOutput:
+        return io.NodeOutput(profiles.load(profile_name, npz_preset))
+
+
+def _profile_names() -> list[str]:
+    import folder_paths
+    try:
+        return folder_paths.get_filename_list(profiles.FOLDER)
+    except Exception:
+        return []
+
+
+class SenCacheExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        node_list = [SenCache, SensitivityCalibrator, SaveProfile, LoadProfile]
+        try:
+            from .demo import DEMO_NODES
+            node_list += DEMO_NODES
+        except ImportError:
+            pass
+        return node_list
+
+
+async def comfy_entrypoint() -> SenCacheExtension:
+    profiles.register_folder()
+    return SenCacheExtension()

@@ -1,0 +1,52 @@
+"""The SenCache node: MODEL + profile → MODEL with sensitivity-aware caching."""
+from __future__ import annotations
+
+import logging
+
+from ..sencache_core import ProfileError, compare_fingerprints
+from .model_info import model_facts
+from .runtime import REUSE_MODES, SenCacheHolder, SenCacheSettings, attach
+
+log = logging.getLogger("SenCache")
+
+
+def check_profile(profile, facts: dict) -> list[str]:
+    """Raise on a profile that cannot apply to this model; return warnings for ones that may."""
+    warnings = []
+    ch = profile.metadata.get("latent_channels")
+    if ch is not None and int(ch) != facts["latent_channels"]:
+        raise ProfileError(f"profile '{profile.metadata.get('name', '?')}' was measured on a model with {ch} latent "
+                           f"channels; this model ({facts['model_class']}) has {facts['latent_channels']}. "
+                           "Use a profile of this model, or calibrate one with the Sensitivity Calibrator node.")
+    verdict = compare_fingerprints(profile.metadata.get("fingerprint"), facts["fingerprint"])
+    if verdict == "arch_differs":
+        raise ProfileError(f"profile '{profile.metadata.get('name', '?')}' was measured on a different model "
+                           f"architecture than this {facts['model_class']} (fingerprint "
+                           f"{profile.metadata['fingerprint'].get('arch')} vs {facts['fingerprint']['arch']}). "
+                           "Calibrate this model with the Sensitivity Calibrator node.")
+    if verdict == "weights_differ":
+        warnings.append("profile was measured on other weights of the same architecture (another checkpoint, dtype "
+                        "or fine-tune); it applies, but calibrating this model gives the best results")
+    if verdict == "unknown":
+        warnings.append("profile has no model fingerprint (imported); make sure it belongs to this model")
+    return warnings
+
+
+def apply_sencache(model, profile, settings: SenCacheSettings, node_id: str | None = None):
+    if profile is None:
+        raise ProfileError("SenCache needs a sensitivity profile: connect Load Profile or a Sensitivity Calibrator")
+    for name in ("eps_start", "eps_main"):
+        v = getattr(settings, name)
+        if not (v >= 0):
+            raise ValueError(f"{name} must be ≥ 0 (got {v})")
+    if settings.max_consecutive < 0:
+        raise ValueError(f"max_consecutive_reuse must be ≥ 0 (got {settings.max_consecutive})")
+    if not (0.0 <= settings.reuse_start_percent <= settings.reuse_end_percent <= 1.0):
+        raise ValueError("need 0 ≤ reuse_start_percent ≤ reuse_end_percent ≤ 1")
+    if settings.reuse_mode not in REUSE_MODES:
+        raise ValueError(f"reuse_mode must be one of {REUSE_MODES}")
+    facts = model_facts(model)
+    for w in check_profile(profile, facts):
+        log.warning("SenCache: %s", w)
+    holder = SenCacheHolder(profile, settings, facts["latent_channels"], node_id=node_id)
+    return attach(model, holder), holder

@@ -1,0 +1,114 @@
+"""Sensitivity Calibrator: samples like a KSampler and measures α on the sampling trajectory
+(sencache_core.calibration) with one extra model evaluation per step, on the positive (cond) branch."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+import comfy.model_management
+import comfy.patcher_extension
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+
+from ..sencache_core import TrajectoryCalibrator, aggregate_runs
+from .runtime import find_transformer_options
+from .model_info import model_facts
+
+log = logging.getLogger("SenCache")
+CAL_KEY = "sencache_calibration"
+
+
+class CalibrationHolder:
+    def __init__(self, channels: int):
+        self.channels = channels
+        self.runs: list = []
+        self.current: TrajectoryCalibrator | None = None
+        self.model_sampling = None
+
+
+def _outer(executor, *args, **kwargs):
+    holder: CalibrationHolder = executor.class_obj.model_options["transformer_options"][CAL_KEY]
+    holder.current = TrajectoryCalibrator()
+    holder.model_sampling = executor.class_obj.model_patcher.model.model_sampling
+    try:
+        return executor(*args, **kwargs)
+    finally:
+        holder.runs.append(holder.current.finish())
+        holder.current = None
+
+
+def _cross_timestep(model_sampling, t_arg: torch.Tensor, sigma: float, sigma_prev: float) -> torch.Tensor:
+    """The model's own timestep argument for σ_prev, shaped like the one it got for σ."""
+    t_prev = model_sampling.timestep(torch.tensor([sigma_prev], dtype=torch.float32)).to(t_arg.device, t_arg.dtype)
+    if bool((t_arg == t_arg.flatten()[0]).all()):
+        return torch.full_like(t_arg, float(t_prev))
+    t_now = float(model_sampling.timestep(torch.tensor([sigma], dtype=torch.float32)))
+    return t_arg * (float(t_prev) / t_now)     # per-token timesteps (e.g. LTXV masks): linear maps only
+
+
+def _diffusion(executor, *args, **kwargs):
+    to = find_transformer_options(args, kwargs)
+    holder: CalibrationHolder | None = (to or {}).get(CAL_KEY)
+    out = executor(*args, **kwargs)
+    if holder is None or holder.current is None or to.get("sigmas") is None:
+        return out
+    cou = list(to.get("cond_or_uncond") or [0])
+    if 0 not in cou:
+        return out
+    x = args[0]
+    per = x.shape[0] // len(cou)
+    i = cou.index(0)
+    rows = slice(i * per, (i + 1) * per)
+    sigma = float(to["sigmas"].flatten()[0])
+    cal = holder.current
+    s_prev = cal.cross_sigma()
+    f_cross = None
+    if s_prev is not None and s_prev != sigma:
+        args2 = list(args)
+        args2[1] = _cross_timestep(holder.model_sampling, args[1], sigma, s_prev)
+        to2 = dict(to)
+        to2["sigmas"] = torch.full_like(to["sigmas"], s_prev)
+        if "transformer_options" in kwargs:
+            kwargs = dict(kwargs, transformer_options=to2)
+        else:
+            args2[max(j for j, a in enumerate(args2) if a is to)] = to2
+        f_cross = executor(*args2, **kwargs)[rows]
+    cal.record(x[rows, :holder.channels], sigma, out[rows], f_cross)
+    return out
+
+
+def calibrate(model, positive, negative, latent: dict, seed: int, steps: int, cfg: float, sampler_name: str,
+              scheduler: str, runs: int, denoise: float = 1.0):
+    """Run `runs` samplings (seeds seed, seed+1, ...) with the calibration wrappers.
+    Returns (latent dict of the first run, SensitivityProfile)."""
+    facts = model_facts(model)
+    m = model.clone()
+    holder = CalibrationHolder(facts["latent_channels"])
+    m.model_options.setdefault("transformer_options", {})[CAL_KEY] = holder
+    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, CAL_KEY, _outer)
+    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, CAL_KEY, _diffusion)
+
+    latent_image = comfy.sample.fix_empty_latent_channels(m, latent["samples"])
+    pbar = comfy.utils.ProgressBar(runs * steps)
+    first = None
+    for r in range(runs):
+        noise = comfy.sample.prepare_noise(latent_image, seed + r, latent.get("batch_index"))
+        samples = comfy.sample.sample(m, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
+                                      denoise=denoise, noise_mask=latent.get("noise_mask"),
+                                      callback=lambda *a: pbar.update(1), disable_pbar=True, seed=seed + r)
+        if first is None:
+            first = samples
+    ms = m.model.model_sampling
+    meta = {"name": f"calibration seed {seed}..{seed + runs - 1}", "fingerprint": facts["fingerprint"],
+            "latent_channels": facts["latent_channels"], "latent_shape": list(latent_image.shape[1:]),
+            "model_class": facts["model_class"], "sampler": sampler_name, "scheduler": scheduler, "steps": steps,
+            "cfg": cfg, "denoise": denoise, "shift": float(getattr(ms, "shift", 1.0)), "seeds": [seed, seed + runs - 1],
+            "branch": "cond"}
+    profile = aggregate_runs(holder.runs, meta)
+    out = latent.copy()
+    out["samples"] = first
+    out.pop("noise_mask", None)
+    log.info("SenCache calibration: %s", profile.describe())
+    return out, profile

@@ -1,0 +1,242 @@
+"""The SenCache wrappers: per-run state and the per-evaluation path, attached through keyed
+comfy.patcher_extension wrappers only (never a copied forward, never model_function_wrapper).
+
+OUTER_SAMPLE   : a fresh RunState per sampling run, published and freed in `finally`.
+CALC_COND_BATCH: marks the start of one model evaluation (one sampler call, all conds).
+DIFFUSION_MODEL: the first call of an evaluation asks the policy (sencache_core) once; every cond of that
+                 evaluation follows the decision — batched or in separate calls.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+import comfy.model_patcher
+import comfy.patcher_extension
+
+from ..sencache_core import (PolicyState, ReusePolicy, RunTrace, SensitivityProfile, StepRecord, rms_diff)
+
+log = logging.getLogger("SenCache")
+KEY = "sencache"            # wrapper key and transformer_options key of the holder
+RUN_KEY = "sencache_run"    # transformer_options key of the per-run state
+REUSE_MODES = ("output", "output_minus_input")
+
+
+@dataclass
+class SenCacheSettings:
+    """What the SenCache node's inputs say, in the user's terms (percent of the schedule, not σ)."""
+    eps_start: float
+    eps_main: float
+    max_consecutive: int
+    eps_switch_percent: float = 0.2
+    reuse_start_percent: float = 0.0
+    reuse_end_percent: float = 1.0
+    protect_final: bool = True
+    high_percentile: bool = False
+    reuse_mode: str = "output"
+
+
+class SenCacheHolder:
+    """Lives on the patched model (shared by its clones); makes one RunState per sampling run and keeps the
+    last run's trace for the Visualizer and the UI."""
+
+    def __init__(self, profile: SensitivityProfile, settings: SenCacheSettings, latent_channels: int, node_id: str | None = None):
+        self.profile = profile
+        self.settings = settings
+        self.latent_channels = latent_channels
+        self.node_id = node_id
+        self.last_trace: RunTrace | None = None
+        self.listeners: list = []      # callables(holder, trace) run after every run (UI events)
+
+    def make_policy(self, model_sampling) -> ReusePolicy:
+        s = self.settings
+        p2s = lambda p: float(model_sampling.percent_to_sigma(p))
+        return ReusePolicy(self.profile, s.eps_start, s.eps_main, s.max_consecutive,
+                           sigma_eps_switch=p2s(s.eps_switch_percent),
+                           sigma_reuse_start=float("inf") if s.reuse_start_percent <= 0 else p2s(s.reuse_start_percent),
+                           sigma_reuse_end=0.0 if s.reuse_end_percent >= 1 else p2s(s.reuse_end_percent),
+                           protect_final=s.protect_final, high_percentile=s.high_percentile)
+
+    def publish(self, trace: RunTrace) -> None:
+        self.last_trace = trace
+        log.info(trace.summary_line())
+        for listener in list(self.listeners):
+            try:
+                listener(self, trace)
+            except Exception as e:  # a UI problem never breaks a render
+                log.warning("SenCache: trace listener failed: %s", e)
+
+
+@dataclass
+class _Stream:
+    """Decision state of one stream (the whole latent, or one context window)."""
+    policy_state: PolicyState = field(default_factory=PolicyState)
+    x_ref: torch.Tensor | None = None
+    cache: dict = field(default_factory=dict)      # cond key -> cached tensor (output or output − input)
+    eval_id: int = -1
+    served: set = field(default_factory=set)
+    record: StepRecord | None = None
+
+
+class RunState:
+    def __init__(self, holder: SenCacheHolder, model_sampling, sample_sigmas: torch.Tensor):
+        self.holder = holder
+        self.policy = holder.make_policy(model_sampling)
+        self.channels = holder.latent_channels
+        self.mode = holder.settings.reuse_mode
+        sig = [float(s) for s in sample_sigmas.flatten().tolist()]
+        self.final_sigmas = [sig[i] for i in range(len(sig) - 1) if sig[i + 1] == 0.0 and sig[i] > 0]
+        self.trace = RunTrace(config={**holder.settings.__dict__, "node_id": holder.node_id,
+                                      "sample_sigmas": sig, "profile_range": list(holder.profile.sigma_range)})
+        self.streams: dict = {}
+        self.eval_id = 0
+        self.sync = None
+
+    def begin_evaluation(self) -> None:
+        self.eval_id += 1
+
+    def _is_final(self, sigma: float) -> bool:
+        return any(abs(sigma - f) <= 1e-6 * max(1.0, f) for f in self.final_sigmas)
+
+    def forward(self, executor, args, kwargs, transformer_options: dict):
+        x: torch.Tensor = args[0]
+        sigma = float(transformer_options["sigmas"].flatten()[0])
+        uuids = list(transformer_options.get("uuids") or [None])
+        cou = list(transformer_options.get("cond_or_uncond") or [])
+        names = [("uncond" if c == 1 else "cond") if i < len(cou) and c in (0, 1) else str(u)
+                 for i, (u, c) in enumerate(zip(uuids, cou + [None] * len(uuids)))]
+        window = transformer_options.get("context_window")
+        wkey = tuple(window.index_list) if window is not None and hasattr(window, "index_list") else None
+        stream = self.streams.setdefault(wkey, _Stream())
+        per = x.shape[0] // len(uuids)
+        keys = list(uuids)
+        x_lat = x[:per, :self.channels]
+
+        new_eval = stream.eval_id != self.eval_id or stream.record is None or any(k in stream.served for k in keys) \
+            or abs(stream.record.sigma - sigma) > 1e-9
+        if new_eval:
+            stream.eval_id, stream.served = self.eval_id, set()
+            ref = stream.x_ref
+            dx = rms_diff(x_lat, ref) if ref is not None and ref.shape == x_lat.shape else None
+            if dx is None and ref is not None:        # shape changed mid-run: start over, never reuse stale data
+                stream.cache.clear()
+                stream.policy_state = PolicyState()
+            cache_ok = self._cache_usable(stream, keys, x)
+            decision = self.policy.decide(stream.policy_state, sigma, dx, self._is_final(sigma), cache_ok)
+            self.policy.commit(stream.policy_state, sigma, decision)
+            if not decision.reuse:
+                stream.x_ref = x_lat.detach().clone()
+            stream.record = StepRecord(len(self.trace.steps), sigma, decision.reuse, decision.reason, decision.score,
+                                       decision.eps, decision.dx, decision.dsigma)
+            stream.record.window = None if wkey is None else [wkey[0], wkey[-1]]
+            self.trace.steps.append(stream.record)
+        record = stream.record
+        stream.served.update(keys)
+
+        if record.reuse and self._cache_usable(stream, keys, x):
+            out = torch.cat([stream.cache[k] for k in keys], dim=0)
+            if self.mode == "output_minus_input":
+                out = out + x[:, :out.shape[1]]
+            record.reused_conds.extend(names)
+            return out
+
+        t0 = time.perf_counter()
+        out = executor(*args, **kwargs)
+        if out.device.type == "cuda":
+            torch.cuda.synchronize(out.device)
+        record.model_seconds += time.perf_counter() - t0
+        record.computed_conds.extend(names)
+        if out.shape[0] == x.shape[0]:
+            for i, k in enumerate(keys):
+                part = out[i * per:(i + 1) * per]
+                if self.mode == "output_minus_input":
+                    part = part - x[i * per:(i + 1) * per, :part.shape[1]]
+                stream.cache[k] = part.detach().clone()
+        return out
+
+    @staticmethod
+    def _cache_usable(stream: _Stream, keys, x: torch.Tensor) -> bool:
+        """Every cond of this call is cached with matching batch/spatial shape, dtype and device, and finite."""
+        per = x.shape[0] // len(keys)
+        for k in keys:
+            c = stream.cache.get(k)
+            if c is None or c.shape[0] != per or c.shape[2:] != x.shape[2:] or c.dtype != x.dtype or c.device != x.device:
+                return False
+            if not bool(torch.isfinite(c).all()):
+                stream.cache.pop(k, None)
+                return False
+        return True
+
+    def free(self) -> None:
+        for s in self.streams.values():
+            s.cache.clear()
+            s.x_ref = None
+        self.streams.clear()
+
+
+# ---- wrappers -----------------------------------------------------------------------------------------
+def find_transformer_options(args, kwargs) -> dict | None:
+    """As core EasyCache does: the last positional dict, else the kwarg (Wan/LTXV: args[5]; CogVideoX: args[4])."""
+    to = kwargs.get("transformer_options")
+    if isinstance(to, dict):
+        return to
+    for a in reversed(args):
+        if isinstance(a, dict):
+            return a
+    return None
+
+
+def outer_sample_wrapper(executor, *args, **kwargs):
+    guider = executor.class_obj
+    orig_model_options = guider.model_options
+    run = None
+    interrupted = True
+    try:
+        guider.model_options = comfy.model_patcher.create_model_options_clone(orig_model_options)
+        to = guider.model_options["transformer_options"]
+        holder: SenCacheHolder = to[KEY]
+        sigmas = args[3]
+        run = RunState(holder, guider.model_patcher.model.model_sampling, sigmas)
+        to[RUN_KEY] = run
+        out = executor(*args, **kwargs)
+        interrupted = False
+        return out
+    finally:
+        guider.model_options = orig_model_options
+        if run is not None:
+            run.free()
+            run.holder.publish(run.trace.finish(interrupted=interrupted))
+
+
+def calc_cond_batch_wrapper(executor, *args, **kwargs):
+    model_options = args[-1] if isinstance(args[-1], dict) else kwargs.get("model_options", {})
+    run = model_options.get("transformer_options", {}).get(RUN_KEY)
+    if run is not None:
+        run.begin_evaluation()
+    return executor(*args, **kwargs)
+
+
+def diffusion_model_wrapper(executor, *args, **kwargs):
+    to = find_transformer_options(args, kwargs)
+    run: RunState | None = to.get(RUN_KEY) if to else None
+    if run is None or to.get("sigmas") is None:
+        return executor(*args, **kwargs)
+    return run.forward(executor, args, kwargs, to)
+
+
+def attach(model, holder: SenCacheHolder):
+    """Clone the ModelPatcher and attach SenCache. Returns the clone."""
+    m = model.clone()
+    to = m.model_options.setdefault("transformer_options", {})
+    if KEY in to:
+        log.warning("SenCache: this model already has SenCache applied; the new settings replace the old ones")
+    to[KEY] = holder
+    for wrapper_type, fn in ((comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, outer_sample_wrapper),
+                             (comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, calc_cond_batch_wrapper),
+                             (comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, diffusion_model_wrapper)):
+        m.remove_wrappers_with_key(wrapper_type, KEY)
+        m.add_wrapper_with_key(wrapper_type, KEY, fn)
+    return m

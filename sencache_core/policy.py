@@ -1,0 +1,105 @@
+"""The reuse decision: the one place in the pack that decides whether a model evaluation is reused.
+
+Rule (METHOD.md §1–2), per model evaluation at noise level σ with latent x:
+    S = α_x(σ_r)·‖x − x_r‖_rms + α_t(σ_r)·|σ − σ_r|
+    reuse  iff  S < ε(σ)  and fewer than K evaluations in a row have been reused
+where (x_r, σ_r) is the reference (the last computed evaluation), Δx and Δσ are cumulative from it, and
+α is looked up once at σ_r. ε(σ) = ε_start while σ > σ_switch (the fragile early part), ε_main after.
+Everything is expressed in σ, never in step indices, so split sampling and denoise < 1 behave.
+Always computed: the first evaluation of a run (nothing cached), evaluations outside the reuse window
+(σ > σ_reuse_start or σ ≤ σ_reuse_end), the final step of the schedule (next σ = 0) when protected,
+an evaluation whose cache is unusable, and any σ_r the profile does not cover.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .profile import SensitivityProfile
+
+# Decision reasons (strings, so traces are plain JSON).
+FIRST = "first"
+PROTECTED = "protected"
+FINAL = "final_step"
+OUT_OF_PROFILE = "sigma_outside_profile"
+CACHE_INVALID = "cache_invalid"
+MAX_REUSE = "max_consecutive"
+ABOVE_EPS = "score_above_eps"
+REUSE = "reuse"
+
+
+@dataclass(frozen=True)
+class Decision:
+    reuse: bool
+    reason: str
+    score: float | None   # S in RMS units; None when not evaluated
+    eps: float
+    dx: float | None      # ‖x − x_r‖_rms
+    dsigma: float | None  # |σ − σ_r|
+
+
+@dataclass
+class PolicyState:
+    """Per-run mutable state. A new one for every sampling run."""
+    sigma_ref: float | None = None
+    alpha_ref: tuple[float, float] | None = None  # (α_x, α_t) at σ_ref; None if σ_ref outside the profile
+    consecutive: int = 0
+    computed: int = 0
+    reused: int = 0
+
+
+@dataclass(frozen=True)
+class ReusePolicy:
+    profile: SensitivityProfile
+    eps_start: float
+    eps_main: float
+    max_consecutive: int                       # K
+    sigma_eps_switch: float = float("inf")     # ε_start applies while σ > this
+    sigma_reuse_start: float = float("inf")    # reuse only while σ ≤ this ...
+    sigma_reuse_end: float = 0.0               # ... and σ > this
+    protect_final: bool = True
+    high_percentile: bool = False              # use the profile's high percentile of α instead of the mean
+    notes: tuple = field(default=())
+
+    def __post_init__(self):
+        for name in ("eps_start", "eps_main"):
+            v = getattr(self, name)
+            if not (v >= 0 and v < float("inf")):
+                raise ValueError(f"{name} must be a finite number ≥ 0 (got {v})")
+        if not isinstance(self.max_consecutive, int) or self.max_consecutive < 0:
+            raise ValueError(f"max consecutive reuses K must be an integer ≥ 0 (got {self.max_consecutive})")
+
+    def eps_at(self, sigma: float) -> float:
+        return self.eps_start if sigma > self.sigma_eps_switch else self.eps_main
+
+    def decide(self, state: PolicyState, sigma: float, dx: float | None, final_step: bool, cache_ok: bool) -> Decision:
+        """Pure: the decision for an evaluation at σ with ‖x − x_r‖_rms = dx. Does not change `state`."""
+        eps = self.eps_at(sigma)
+        if state.sigma_ref is None or dx is None:
+            return Decision(False, FIRST, None, eps, None, None)
+        dsigma = abs(sigma - state.sigma_ref)
+        if not (self.sigma_reuse_end < sigma <= self.sigma_reuse_start):
+            return Decision(False, PROTECTED, None, eps, dx, dsigma)
+        if final_step and self.protect_final:
+            return Decision(False, FINAL, None, eps, dx, dsigma)
+        if state.alpha_ref is None:
+            return Decision(False, OUT_OF_PROFILE, None, eps, dx, dsigma)
+        ax, at = state.alpha_ref
+        score = ax * dx + at * dsigma
+        if not cache_ok:
+            return Decision(False, CACHE_INVALID, score, eps, dx, dsigma)
+        if state.consecutive >= self.max_consecutive:
+            return Decision(False, MAX_REUSE, score, eps, dx, dsigma)
+        if score < eps:
+            return Decision(True, REUSE, score, eps, dx, dsigma)
+        return Decision(False, ABOVE_EPS, score, eps, dx, dsigma)
+
+    def commit(self, state: PolicyState, sigma: float, decision: Decision) -> None:
+        """Advance the state after `decision` was carried out at σ (a computed evaluation becomes the reference)."""
+        if decision.reuse:
+            state.consecutive += 1
+            state.reused += 1
+        else:
+            state.sigma_ref = sigma
+            state.alpha_ref = self.profile.lookup(sigma, self.high_percentile)
+            state.consecutive = 0
+            state.computed += 1
