@@ -1,6 +1,9 @@
 """ComfyUI nodes of the SenCache pack (V3 schema). Thin: inputs → sencache_core objects → wrappers."""
 from __future__ import annotations
 
+import importlib
+import importlib.util
+
 import comfy.samplers
 from comfy_api.latest import ComfyExtension, io
 
@@ -10,6 +13,7 @@ from .calibrate import calibrate
 from .runtime import REUSE_MODES, SenCacheSettings
 
 Profile = io.Custom("SENCACHE_PROFILE")
+OPTIONAL_NODE_MODULES = ("visualize", "demo")
 PCT = "fraction of the sampling schedule as ComfyUI counts it (0 = start, highest σ; 1 = end, σ = 0); works in σ, so it holds for any step count, denoise and split sampling"
 
 
@@ -151,11 +155,10 @@ def _profile_names() -> list[str]:
 class SenCacheExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         node_list = [SenCache, SensitivityCalibrator, SaveProfile, LoadProfile]
-        try:
-            from .demo import DEMO_NODES
-            node_list += DEMO_NODES
-        except ImportError:
-            pass
+        # Further node modules each export NODES (a list of io.ComfyNode classes).
+        for name in OPTIONAL_NODE_MODULES:
+            if importlib.util.find_spec(f"{__name__}.{name}") is not None:
+                node_list += importlib.import_module(f".{name}", __name__).NODES
         return node_list
 
 
