@@ -1,0 +1,198 @@
+"""Train the SenCache demo model: ComfyUI's own WanModel (Wan 2.1 T2V layout, tiny) on procedural shape videos.
+
+    /work/main/.dev/venv/bin/python -m demo_model.train            # from the repo root; resumes if state exists
+
+Rectified flow in ComfyUI's convention (CONST / ModelSamplingDiscreteFlow): x_t = (1 - t) x0 + t eps, the model
+predicts v = eps - x0 and is called as forward(x [B,16,T,H,W], timestep = 1000 t [B], context [B,3,4096]).
+Deterministic (seeded per step, 1 thread, torch.use_deterministic_algorithms); restarting continues from
+--state (optimizer, weights, EMA) and gives the same trajectory as an uninterrupted run on the same machine.
+CPU float results are not bit-identical across machines, so the weights are committed and never retrained in CI.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+
+import numpy as np
+import torch
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from demo_model import data  # noqa: E402
+
+WEIGHTS = REPO / "demo_model" / "weights" / "sencache_demo_wan.safetensors"
+STATE = REPO / ".dev" / "train_state.pt"
+
+CONFIG = dict(model_type="t2v", patch_size=(1, 2, 2), text_len=512, in_dim=16, dim=128, ffn_dim=512, freq_dim=256,
+              text_dim=4096, out_dim=16, num_heads=1, num_layers=4, window_size=(-1, -1), qk_norm=True,
+              cross_attn_norm=True, eps=1e-6)
+
+DATA_DESCRIPTION = (
+    "Procedural videos from demo_model/data.py: 8 RGB frames of 32x32, 1-2 moving (bouncing) rotating shapes "
+    "(circle/square/triangle) of distinct colours on a plain background colour; latents = pixel_unshuffle(2) then "
+    "an orthonormal 12->16 channel map, (x-0.5)/0.45, shape [16, 8, 16, 16] in the model's space. Context = "
+    "data.encode_prompt(text): [3, 4096]. Unconditional = zeros.")
+
+
+def build_model(seed: int):
+    """WanModel on the meta device with comfy ops, then every tensor initialised by us (Wan's init scheme)."""
+    import comfy.ops
+    from comfy.ldm.wan.model import WanModel
+    with torch.device("meta"):
+        model = WanModel(operations=comfy.ops.disable_weight_init, dtype=torch.float32, **CONFIG)
+    model = model.to_empty(device="cpu")
+    g = torch.Generator().manual_seed(seed)
+    dim = CONFIG["dim"]
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            if name.endswith("modulation"):
+                p.copy_(torch.randn(p.shape, generator=g) / dim ** 0.5)
+            elif p.ndim == 1 and name.endswith("bias"):
+                p.zero_()
+            elif p.ndim == 1:                               # norm weights (RMSNorm, cross-attn LayerNorm)
+                p.fill_(1.0)
+            elif name.startswith("head.head."):
+                p.zero_()                                   # zero output head: the model starts at v = 0
+            elif name.startswith(("text_embedding.", "time_embedding.")):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+            else:                                           # xavier uniform (patch conv on its flattened shape)
+                fan_out, fan_in = p.shape[0], int(np.prod(p.shape[1:]))
+                bound = math.sqrt(6.0 / (fan_in + fan_out))
+                p.copy_((torch.rand(p.shape, generator=g) * 2 - 1) * bound)
+        left = [n for n, b in model.named_buffers()]
+        assert not left, f"unexpected buffers {left}"
+    return model
+
+
+def sample_t(g: torch.Generator, n: int, shift: float) -> torch.Tensor:
+    """Logit-normal(0, 1) pushed towards high noise by the flow shift (t' = s t / (1 + (s-1) t)); 10 % uniform."""
+    t = torch.sigmoid(torch.randn(n, generator=g))
+    u = torch.rand(n, generator=g)
+    t = torch.where(torch.rand(n, generator=g) < 0.1, u, t)
+    t = shift * t / (1 + (shift - 1) * t)
+    return t.clamp(1e-4, 1.0)
+
+
+def lr_at(step: int, lr: float, warmup: int) -> float:
+    return lr * min(1.0, (step + 1) / warmup)
+
+
+def save_weights(ema_sd: dict, meta: dict, path: pathlib.Path):
+    from safetensors.torch import save_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.detach().float().contiguous().clone() for k, v in ema_sd.items()}, str(tmp),
+              metadata={k: (v if isinstance(v, str) else json.dumps(v)) for k, v in meta.items()})
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=100000, help="stop after this many steps (default: run until killed)")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--shift", type=float, default=3.0, help="flow shift applied to the training t distribution")
+    ap.add_argument("--dropout", type=float, default=0.1, help="prompt dropout (zero context) for CFG")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--save-every", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--stop-at", type=float, default=None, help="unix time: save and stop at the next step past it")
+    ap.add_argument("--weights", default=str(WEIGHTS))
+    ap.add_argument("--state", default=str(STATE))
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
+    from devkit import host
+    host.boot(None, load_pack=False)
+
+    model = build_model(args.seed)
+    ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
+    step, elapsed, loss_avg, history = 0, 0.0, None, []
+    state_path = pathlib.Path(args.state)
+    if state_path.exists():
+        st = torch.load(state_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(st["model"])
+        ema = st["ema"]
+        opt.load_state_dict(st["opt"])
+        step, elapsed, loss_avg, history = st["step"], st["elapsed"], st["loss_avg"], st["history"]
+        print(f"resumed from {state_path} at step {step} ({elapsed / 60:.1f} min so far)", flush=True)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"WanModel {n_params / 1e6:.2f} M params; batch {args.batch}; lr {args.lr}; threads {args.threads}", flush=True)
+
+    def checkpoint():
+        meta = {
+            "sencache_demo": "SenCache demo model (tiny Wan 2.1 T2V) - see demo_model/README.md",
+            "config": json.dumps(CONFIG), "data": DATA_DESCRIPTION, "steps": str(step),
+            "loss": f"{loss_avg:.5f}", "seed": str(args.seed), "batch": str(args.batch),
+            "train_minutes": f"{elapsed / 60:.1f}", "threads": str(args.threads),
+            "objective": "rectified flow, x_t=(1-t)x0+t*eps, v=eps-x0, timestep=1000t (ComfyUI CONST/FLOW)",
+            "weights": f"EMA decay {args.ema}", "lr": str(args.lr), "train_shift": str(args.shift),
+            "sampling": "ModelSamplingSD3 shift 8, uni_pc, simple, 30 steps, cfg 6; negative = zeros [1,3,4096]",
+            "latent_shape": json.dumps(list(data.LATENT_SHAPE)),
+        }
+        save_weights(ema, meta, pathlib.Path(args.weights))
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = state_path.with_suffix(".tmp")
+        torch.save(dict(model=model.state_dict(), ema=ema, opt=opt.state_dict(), step=step, elapsed=elapsed,
+                        loss_avg=loss_avg, history=history, args=vars(args)), tmp)
+        os.replace(tmp, state_path)
+        print(f"checkpoint step {step} loss {loss_avg:.4f} -> {args.weights}", flush=True)
+
+    import signal
+    stop_flag = []
+    signal.signal(signal.SIGTERM, lambda *a: stop_flag.append(1))   # kill <pid>: checkpoint, then exit
+
+    model.train()
+    params = dict(model.named_parameters())
+    while step < args.steps:
+        t0 = time.time()
+        rng = np.random.default_rng([args.seed, step])        # per-step streams: resuming is exact
+        g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        _, ctx, x0 = data.sample_batch(rng, args.batch)
+        drop = torch.rand(args.batch, generator=g) < args.dropout
+        ctx = torch.where(drop[:, None, None], torch.zeros_like(ctx), ctx)
+        t = sample_t(g, args.batch, args.shift)
+        eps = torch.randn(x0.shape, generator=g)
+        tt = t.view(-1, 1, 1, 1, 1)
+        xt = (1 - tt) * x0 + tt * eps
+        v = model(xt, t * 1000.0, ctx)
+        loss = torch.nn.functional.mse_loss(v, eps - x0)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, args.lr, args.warmup)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        decay = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for k, e in ema.items():
+                e.mul_(decay).add_(params[k].detach(), alpha=1 - decay)
+        step += 1
+        elapsed += time.time() - t0
+        lv = float(loss.detach())
+        loss_avg = lv if loss_avg is None else 0.99 * loss_avg + 0.01 * lv
+        if step % 20 == 0:
+            history.append((step, round(loss_avg, 5)))
+            print(f"step {step} loss {lv:.4f} avg {loss_avg:.4f} {elapsed / step:.2f} s/step "
+                  f"elapsed {elapsed / 60:.1f} min", flush=True)
+        stop = bool(stop_flag) or (args.stop_at is not None and time.time() >= args.stop_at)
+        if step % args.save_every == 0 or step >= args.steps or stop:
+            checkpoint()
+        if stop:
+            print("stopped (SIGTERM or --stop-at)", flush=True)
+            break
+
+
+if __name__ == "__main__":
+    main()
