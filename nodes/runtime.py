@@ -17,12 +17,14 @@ import torch
 import comfy.model_patcher
 import comfy.patcher_extension
 
+from ..sencache_core.policy import OUT_OF_PROFILE
 from ..sencache_core import (PolicyState, ReusePolicy, RunTrace, SensitivityProfile, StepRecord, rms_diff)
 
 log = logging.getLogger("SenCache")
 KEY = "sencache"            # wrapper key and transformer_options key of the holder
 RUN_KEY = "sencache_run"    # transformer_options key of the per-run state
 REUSE_MODES = ("output", "output_minus_input")
+DEFAULT_LISTENERS: list = []  # listeners every new SenCacheHolder starts with (ui_events registers the UI event)
 
 
 @dataclass
@@ -49,7 +51,12 @@ class SenCacheHolder:
         self.latent_channels = latent_channels
         self.node_id = node_id
         self.last_trace: RunTrace | None = None
-        self.listeners: list = []      # callables(holder, trace) run after every run (UI events)
+        self.listeners: list = list(DEFAULT_LISTENERS)  # callables(holder, trace) run after every run (UI events)
+
+    def __deepcopy__(self, memo):
+        # ModelPatcher.clone() deep-copies model_options; every clone of a patched model (LoRA, ModelSampling
+        # nodes after SenCache, ...) must keep this one holder so traces reach the Visualizer and the UI.
+        return self
 
     def make_policy(self, model_sampling) -> ReusePolicy:
         s = self.settings
@@ -127,6 +134,12 @@ class RunState:
             cache_ok = self._cache_usable(stream, keys, x)
             decision = self.policy.decide(stream.policy_state, sigma, dx, self._is_final(sigma), cache_ok)
             self.policy.commit(stream.policy_state, sigma, decision)
+            if decision.reason == OUT_OF_PROFILE and not self.trace.warnings:
+                lo, hi = self.holder.profile.sigma_range
+                msg = (f"σ={sigma:.4g} lies outside the profile's measured range [{lo:.4g}, {hi:.4g}]: computing those "
+                       "steps (no reuse). Calibrate with this schedule to cache them.")
+                log.warning("SenCache: %s", msg)
+                self.trace.warnings.append(msg)
             if not decision.reuse:
                 stream.x_ref = x_lat.detach().clone()
             stream.record = StepRecord(len(self.trace.steps), sigma, decision.reuse, decision.reason, decision.score,

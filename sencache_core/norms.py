@@ -8,9 +8,9 @@ import torch
 
 def rms(v: torch.Tensor) -> float:
     """RMS of all elements, accumulated in float32 (safe for fp16/bf16 inputs)."""
-    return float(torch.linalg.vector_norm(v.float()) / (v.numel() ** 0.5)) if v.numel() else 0.0
+    return float(torch.linalg.vector_norm(v.detach().float()) / (v.numel() ** 0.5)) if v.numel() else 0.0
 
 
 def rms_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     """RMS of a − b without modifying either tensor."""
-    return rms(a.float() - b.float())
+    return rms(a.detach().float() - b.detach().float())

@@ -43,3 +43,26 @@ def tiny(host, comfy_base):
             cache[name] = comfy.sd.load_diffusion_model(str(path))
         return cache[name]
     return get
+
+
+@pytest.fixture(scope="session")
+def sc(pack):
+    """The pack's modules as ComfyUI loaded them: sc.runtime, sc.apply, sc.calibrate, sc.profiles, sc.core."""
+    import importlib
+    import types
+    ns = types.SimpleNamespace()
+    for name in ("runtime", "apply", "calibrate", "profiles", "model_info"):
+        setattr(ns, name, importlib.import_module(f"{pack.__name__}.nodes.{name}"))
+    ns.nodes = importlib.import_module(f"{pack.__name__}.nodes")
+    ns.core = importlib.import_module(f"{pack.__name__}.sencache_core")
+    return ns
+
+
+@pytest.fixture(scope="session")
+def wan_profile(tiny, sc):
+    """A profile calibrated on the tiny Wan T2V with the settings most tests use."""
+    from devkit import sampling
+    m = tiny("tiny_wan21_t2v")
+    _, prof = sc.calibrate.calibrate(m, sampling.text_cond(1), sampling.text_cond(2), {"samples": sampling.wan_latent()},
+                                     0, 8, 5.0, "euler", "simple", 2)
+    return prof

@@ -1,0 +1,177 @@
+"""sencache_core on its own: profile files, reference .npz import, merging, the policy rule (no host needed)."""
+import math
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+from sencache_core import (PolicyState, ProfileError, ReusePolicy, SensitivityProfile, merge_profiles,  # noqa: E402
+                           model_fingerprint, compare_fingerprints, rms)
+from sencache_core import policy as P  # noqa: E402
+
+
+def make_profile(**meta):
+    s = np.array([0.1, 0.4, 0.7, 1.0])
+    return SensitivityProfile(sigmas=s, alpha_x=[0.5, 0.6, 0.7, 0.8], alpha_t=[1.0, 2.0, 3.0, 4.0],
+                              alpha_x_hi=[0.6, 0.7, 0.8, 0.9], alpha_t_hi=[1.5, 2.5, 3.5, 4.5],
+                              dx_per_sigma=[0.3, 0.3, 0.3, 0.3], counts=[2, 2, 2, 2], metadata=dict(meta))
+
+
+def test_rms_is_frobenius_over_sqrt_numel():
+    v = torch.arange(12.0).reshape(3, 4)
+    assert rms(v) == pytest.approx(float(torch.linalg.norm(v)) / math.sqrt(12))
+
+
+def test_profile_round_trip_is_exact(tmp_path):
+    p = make_profile(name="x", latent_channels=16, fingerprint={"arch": "a", "weights": "w"})
+    p.save(tmp_path / "p.safetensors")
+    q = SensitivityProfile.load(tmp_path / "p.safetensors")
+    for name in ("sigmas", "alpha_x", "alpha_t", "alpha_x_hi", "alpha_t_hi", "alpha_x_std", "alpha_t_std", "dx_per_sigma", "counts"):
+        assert np.array_equal(getattr(p, name), getattr(q, name)), name
+    assert q.metadata == p.metadata
+
+
+def test_lookup_interpolates_and_refuses_far_outside():
+    p = make_profile()
+    assert p.lookup(0.55) == pytest.approx((0.65, 2.5))
+    assert p.lookup(0.55, high_percentile=True) == pytest.approx((0.75, 3.0))
+    assert p.lookup(1.02) == pytest.approx((0.8, 4.0))      # within the 5 % tolerance: clamped
+    assert p.lookup(1.5) is None and p.lookup(0.0) is None and p.lookup(float("nan")) is None
+
+
+def test_reference_npz_import_matches_hand_computation(tmp_path):
+    t = np.array([999, 500, 20], dtype=np.int64)
+    jx = np.array([0.9, 0.5, 0.2])
+    jt = np.array([1447.98, 2 * 1447.98, 0.5 * 1447.98])
+    np.savez(tmp_path / "sensitivity_wan21.npz", timesteps=t, J_x_norm=jx, J_t_norm=jt)
+    p = SensitivityProfile.from_reference_npz(tmp_path / "sensitivity_wan21.npz")
+    # σ = t/1000; α_t = J_t / sqrt(16·21·60·104) · 1000 (per unit σ instead of per timestep unit)
+    assert np.allclose(p.sigmas, [0.020, 0.500, 0.999])
+    assert np.allclose(p.alpha_x, [0.2, 0.5, 0.9])
+    sqrt_d = math.sqrt(16 * 21 * 60 * 104)
+    assert np.allclose(p.alpha_t, np.array([0.5, 2.0, 1.0]) * 1447.98 / sqrt_d * 1000)
+    assert p.metadata["latent_channels"] == 16 and p.metadata["preset"] == "wan21"
+    ltx = tmp_path / "sensitivity_ltx.npz"
+    np.savez(ltx, timesteps=np.array([900.0, 100.0]), J_x_norm=np.array([1.0, 2.0]), J_t_norm=np.array([1015.97, 1015.97]))
+    q = SensitivityProfile.load(ltx)
+    assert np.allclose(q.alpha_t, 1015.97 / math.sqrt(128 * 21 * 16 * 24) * 1000) and q.metadata["latent_channels"] == 128
+
+
+def test_cogvideox_npz_converts_to_finite_sigmas(tmp_path):
+    f = tmp_path / "sensitivity_cogvid.npz"
+    np.savez(f, timesteps=np.array([999, 700, 300, 10]), J_x_norm=np.ones(4), J_t_norm=np.ones(4))
+    p = SensitivityProfile.load(f)
+    assert p.metadata["preset"] == "cogvideox15"
+    assert p.sigmas.size == 3                      # t = 999 has σ = ∞ under zero terminal SNR: dropped
+    assert np.all(np.diff(p.sigmas) > 0) and np.all(np.isfinite(p.alpha_t))
+
+
+@pytest.mark.parametrize("content,match", [
+    (b"", "empty"),
+    (b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":", "cannot read"),
+])
+def test_bad_profile_files_raise_clear_errors(tmp_path, content, match):
+    f = tmp_path / "bad.safetensors"
+    f.write_bytes(content)
+    with pytest.raises(ProfileError, match=match):
+        SensitivityProfile.load(f)
+
+
+def test_truncated_nan_and_wrong_dtype_profiles(tmp_path):
+    p = make_profile()
+    p.save(tmp_path / "ok.safetensors")
+    data = (tmp_path / "ok.safetensors").read_bytes()
+    (tmp_path / "trunc.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ProfileError):
+        SensitivityProfile.load(tmp_path / "trunc.safetensors")
+    from safetensors.torch import save_file
+    import json
+    tensors = {n: torch.from_numpy(getattr(p, n).copy()) for n in ("sigmas", "alpha_x", "alpha_t", "alpha_x_hi", "alpha_t_hi",
+                                                                  "alpha_x_std", "alpha_t_std", "dx_per_sigma", "counts")}
+    tensors["alpha_x"][1] = float("nan")
+    save_file(tensors, str(tmp_path / "nan.safetensors"), metadata={"sencache_profile": json.dumps({})})
+    with pytest.raises(ProfileError, match="NaN"):
+        SensitivityProfile.load(tmp_path / "nan.safetensors")
+    tensors["alpha_x"] = torch.tensor([1, 2, 3, 4], dtype=torch.int32)
+    save_file(tensors, str(tmp_path / "int.safetensors"), metadata={"sencache_profile": json.dumps({})})
+    with pytest.raises(ProfileError, match="dtype"):
+        SensitivityProfile.load(tmp_path / "int.safetensors")
+    save_file({"x": torch.zeros(3)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ProfileError, match="not a SenCache profile"):
+        SensitivityProfile.load(tmp_path / "other.safetensors")
+
+
+def test_profile_validation():
+    with pytest.raises(ProfileError, match="empty"):
+        SensitivityProfile(sigmas=[], alpha_x=[], alpha_t=[])
+    with pytest.raises(ProfileError, match="increasing"):
+        SensitivityProfile(sigmas=[0.5, 0.2], alpha_x=[1, 1], alpha_t=[1, 1])
+    with pytest.raises(ProfileError, match="negative"):
+        SensitivityProfile(sigmas=[0.2, 0.5], alpha_x=[1, -1], alpha_t=[1, 1])
+
+
+def test_merge_weights_by_counts_and_keeps_max_percentile():
+    a = SensitivityProfile(sigmas=[0.2, 0.8], alpha_x=[1.0, 1.0], alpha_t=[2.0, 2.0], alpha_x_hi=[1.5, 1.5], counts=[1, 1],
+                           metadata={"fingerprint": {"arch": "A"}, "runs": 1})
+    b = SensitivityProfile(sigmas=[0.5, 1.0], alpha_x=[4.0, 4.0], alpha_t=[2.0, 2.0], alpha_x_hi=[5.0, 5.0], counts=[3, 3],
+                           metadata={"fingerprint": {"arch": "A"}, "runs": 3})
+    m = merge_profiles([a, b])
+    assert list(m.sigmas) == [0.2, 0.5, 0.8, 1.0]
+    assert m.alpha_x == pytest.approx([1.0, (1 + 12) / 4, (1 + 12) / 4, 4.0])
+    assert m.alpha_x_hi == pytest.approx([1.5, 5.0, 5.0, 5.0])
+    assert m.counts == pytest.approx([1, 4, 4, 3]) and m.metadata["runs"] == 4
+    c = SensitivityProfile(sigmas=[0.5], alpha_x=[1], alpha_t=[1], metadata={"fingerprint": {"arch": "B"}})
+    with pytest.raises(ProfileError, match="different model architectures"):
+        merge_profiles([a, c])
+
+
+def test_policy_rule_k_protection_and_eps_schedule():
+    prof = make_profile()
+    pol = ReusePolicy(prof, eps_start=0.1, eps_main=1.0, max_consecutive=2, sigma_eps_switch=0.8)
+    st = PolicyState()
+    d = pol.decide(st, 1.0, None, False, False)
+    assert (d.reuse, d.reason) == (False, P.FIRST)
+    pol.commit(st, 1.0, d)
+    assert st.alpha_ref == pytest.approx((0.8, 4.0))
+    d = pol.decide(st, 0.9, 0.01, False, True)          # S = 0.8·0.01 + 4·0.1 = 0.408 > ε_start 0.1
+    assert d.reason == P.ABOVE_EPS and d.score == pytest.approx(0.408) and d.eps == 0.1
+    d = pol.decide(st, 0.75, 0.01, False, True)         # S = 0.008 + 1.0 > ... no: 4·0.25 = 1.0 → 1.008 ≥ 1.0
+    assert not d.reuse and d.eps == 1.0
+    d = pol.decide(st, 0.79, 0.01, False, True)         # S = 0.008 + 0.84 = 0.848 < 1.0
+    assert d.reuse and d.reason == P.REUSE
+    pol.commit(st, 0.79, d)
+    pol.commit(st, 0.78, pol.decide(st, 0.78, 0.01, False, True))
+    assert st.consecutive == 2
+    d = pol.decide(st, 0.77, 0.01, False, True)
+    assert (d.reuse, d.reason) == (False, P.MAX_REUSE)
+    assert pol.decide(st, 0.77, 0.0, True, True).reason == P.FINAL
+    assert pol.decide(st, 0.77, 0.0, False, False).reason in (P.CACHE_INVALID, P.MAX_REUSE)
+    zero = ReusePolicy(prof, 0.0, 0.0, 5)
+    st0 = PolicyState(sigma_ref=0.5, alpha_ref=(0.0, 0.0))
+    assert not zero.decide(st0, 0.5, 0.0, False, True).reuse       # ε = 0 never reuses (S < 0 impossible)
+
+
+def test_policy_refuses_bad_settings_and_outside_profile():
+    prof = make_profile()
+    with pytest.raises(ValueError, match="eps_main"):
+        ReusePolicy(prof, 0.1, -1.0, 2)
+    with pytest.raises(ValueError, match="K"):
+        ReusePolicy(prof, 0.1, 0.1, -1)
+    pol = ReusePolicy(prof, 10.0, 10.0, 3)
+    st = PolicyState()
+    pol.commit(st, 5.0, pol.decide(st, 5.0, None, False, True))      # σ_ref far above the profile's range
+    assert st.alpha_ref is None
+    assert pol.decide(st, 4.0, 0.0, False, True).reason == P.OUT_OF_PROFILE
+
+
+def test_fingerprint_is_cheap_and_tells_arch_from_weights():
+    sd = {"a.weight": torch.randn(8, 8), "b.bias": torch.zeros(8), "big": torch.zeros(10_000)}
+    fp = model_fingerprint({"dim": 128, "layers": 2}, sd)
+    assert "big" not in fp["tensors"]
+    assert compare_fingerprints(fp, model_fingerprint({"dim": 128, "layers": 2}, {k: v.clone() for k, v in sd.items()})) == "match"
+    assert compare_fingerprints(fp, model_fingerprint({"dim": 128, "layers": 2}, {k: v + 1 for k, v in sd.items()})) == "weights_differ"
+    assert compare_fingerprints(fp, model_fingerprint({"dim": 256, "layers": 2}, sd)) == "arch_differs"
+    assert compare_fingerprints(None, fp) == "unknown"
