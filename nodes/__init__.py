@@ -97,7 +97,8 @@ class SensitivityCalibrator(io.ComfyNode):
         text = profile.describe()
         if save_as.strip():
             text += f"\nsaved: models/sencache/{profiles.save(profile, save_as)}"
-        return io.NodeOutput(latent, profile, ui={"text": [text]})
+        from .visualize import profile_preview
+        return io.NodeOutput(latent, profile, ui={"text": [text], "images": profile_preview(profile)})
 
 
 class SaveProfile(io.ComfyNode):

@@ -264,9 +264,9 @@ def render_run(trace: RunTrace, profile, title: str | None = None, width_px: int
 def render_profile(profile, title: str | None = None, width_px: int = 960, height_px: int = 540) -> np.ndarray:
     """The profile alone (the Calibrator's preview), as an RGB float array [H, W, 3] in 0..1."""
     fig = _figure(width_px, height_px)
-    ax = fig.add_axes([0.09, 0.12, 0.80, 0.70])
+    ax = fig.add_axes([0.09, 0.22, 0.80, 0.62])
     handles = _profile_axes(ax, profile)
-    ax.legend(handles=handles, loc="upper center", fontsize=9.5, ncol=2, framealpha=0.9)
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=9.5, ncol=4, frameon=False)
     m = profile.metadata
     head = title or "Sensitivity profile (SenCache)"
     fig.text(0.5, 0.965, head, ha="center", va="top", fontsize=15, weight="bold")

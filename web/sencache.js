@@ -1,0 +1,149 @@
+// SenCache frontend extension: shows each sampling run's trace on the SenCache node that ran it.
+//
+// The server sends "sencache.trace" after every sampling run (nodes/ui_events.py) with
+//   { node_id, prompt_id, computed, reused, total, speedup, wall_seconds, model_seconds, interrupted,
+//     steps: [{ sigma, reuse, S, eps, reason }, ...] }
+// This extension stores it on the matching node as `node.sencacheTrace`, draws a compact per-step strip at
+// the bottom of the node (one cell per model evaluation: blue = computed, green = reused; bar height = S/ε,
+// the dashed line is S = ε; a full pale bar = computed without a score, e.g. first/final step), and shows a
+// short toast with computed/total and the measured speed-up (an estimate from measured times).
+// Several SenCache nodes in one graph (e.g. the two Wan 2.2 experts) each keep and draw their own run.
+import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
+
+const EVENT = "sencache.trace";
+const NODE_TYPE = "SenCacheApply";
+const COMPUTED = "#3465a4";
+const REUSED = "#4e9a06";
+const EPS_LINE = "#ef2929";
+const STRIP_H = 64;        // px added below the widgets while a trace is shown
+
+function findNode(nodeId) {
+  const graph = app.graph;
+  if (!graph || nodeId == null) return null;
+  const direct = graph.getNodeById(nodeId) ?? graph.getNodeById(Number(nodeId));
+  if (direct) return direct;
+  // nodes inside subgraphs run with execution ids "outer:inner"
+  let g = graph, node = null;
+  for (const part of String(nodeId).split(":")) {
+    node = g?.getNodeById(part) ?? g?.getNodeById(Number(part));
+    if (!node) return null;
+    g = node.subgraph;
+  }
+  return node;
+}
+
+function fmtSpeedup(t) {
+  return typeof t.speedup === "number" ? `≈${t.speedup.toFixed(2)}×` : "n/a";
+}
+
+function drawStrip(node, ctx) {
+  const t = node.sencacheTrace;
+  if (!t || node.flags?.collapsed) return;
+  const [w, h] = node.size;
+  const pad = 10;
+  const top = h - STRIP_H + 2;
+  const barTop = top + 16, barH = STRIP_H - 36;
+  const n = Math.max(t.steps.length, 1);
+  const cw = (w - 2 * pad) / n;
+  ctx.save();
+  ctx.font = "11px sans-serif";
+  ctx.textAlign = "left";
+  ctx.textBaseline = "alphabetic";
+  ctx.fillStyle = "#bbbbbb";
+  const head = `SenCache: computed ${t.computed}/${t.total} · speed-up ${fmtSpeedup(t)} (est.)` + (t.interrupted ? " · interrupted" : "");
+  ctx.fillText(head, pad, top + 11, w - 2 * pad);
+  ctx.fillStyle = "rgba(0,0,0,0.25)";
+  ctx.fillRect(pad, barTop, w - 2 * pad, barH);
+  t.steps.forEach((s, i) => {
+    const x = pad + i * cw;
+    const gap = cw > 4 ? 1 : 0;
+    let frac = 1, alpha = 0.45;     // no score: full pale bar
+    if (typeof s.S === "number" && s.eps > 0) {
+      frac = Math.min(s.S / s.eps, 2) / 2;
+      alpha = 1;
+    } else if (typeof s.S === "number") {
+      frac = s.S > 0 ? 1 : 0;
+      alpha = 1;
+    }
+    const bh = Math.max(2, frac * barH);
+    ctx.globalAlpha = alpha;
+    ctx.fillStyle = s.reuse ? REUSED : COMPUTED;
+    ctx.fillRect(x + gap, barTop + barH - bh, Math.max(cw - 2 * gap, 1), bh);
+  });
+  ctx.globalAlpha = 1;
+  ctx.strokeStyle = EPS_LINE;
+  ctx.setLineDash([4, 3]);
+  ctx.beginPath();
+  ctx.moveTo(pad, barTop + barH / 2);
+  ctx.lineTo(w - pad, barTop + barH / 2);
+  ctx.stroke();
+  ctx.setLineDash([]);
+  // legend under the bars
+  ctx.font = "10px sans-serif";
+  let x = pad;
+  const y = barTop + barH + 12;
+  for (const [mark, colour, label] of [["■", COMPUTED, "computed"], ["■", REUSED, "reused"], ["- -", EPS_LINE, "S = ε"],
+                                       ["", null, "bar height: S/ε"]]) {
+    if (mark) {
+      ctx.fillStyle = colour;
+      ctx.fillText(mark, x, y);
+      x += ctx.measureText(mark).width + 3;
+    }
+    ctx.fillStyle = "#aaaaaa";
+    ctx.fillText(label, x, y);
+    x += ctx.measureText(label).width + 10;
+  }
+  ctx.restore();
+}
+
+function showTrace(detail) {
+  const node = findNode(detail.node_id);
+  if (node && node.type === NODE_TYPE) {
+    node.sencacheTrace = detail;
+    const min = node.computeSize();
+    if (node.size[1] < min[1]) node.setSize([Math.max(node.size[0], min[0]), min[1]]);
+    node.setDirtyCanvas?.(true, true);
+  }
+  app.graph?.setDirtyCanvas?.(true, true);
+  const who = node?.title ? `${node.title} (#${detail.node_id})` : `node #${detail.node_id}`;
+  app.extensionManager?.toast?.add?.({
+    severity: detail.interrupted ? "warn" : "info",
+    summary: "SenCache",
+    detail: `${who}: computed ${detail.computed}/${detail.total} model evaluations, measured speed-up ` +
+            `${fmtSpeedup(detail)} (estimate from measured times)` + (detail.interrupted ? ", run interrupted" : ""),
+    life: 6000,
+  });
+}
+
+app.registerExtension({
+  name: "SenCache.trace",
+  setup() {
+    api.addEventListener(EVENT, (e) => {
+      try {
+        showTrace(e.detail);
+      } catch (err) {
+        console.warn("SenCache: could not show the trace", err);
+      }
+    });
+  },
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData?.name !== NODE_TYPE) return;
+    const computeSize = nodeType.prototype.computeSize;
+    nodeType.prototype.computeSize = function (...args) {
+      const size = computeSize.apply(this, args);
+      if (this.sencacheTrace) size[1] += STRIP_H;
+      return size;
+    };
+    const onDrawForeground = nodeType.prototype.onDrawForeground;
+    nodeType.prototype.onDrawForeground = function (ctx, ...rest) {
+      const r = onDrawForeground?.apply(this, [ctx, ...rest]);
+      try {
+        drawStrip(this, ctx);
+      } catch (err) {
+        console.warn("SenCache: strip drawing failed", err);
+      }
+      return r;
+    };
+  },
+});
