@@ -20,9 +20,10 @@ def comfyui_dir() -> pathlib.Path:
     return d
 
 
-def boot(base_dir: str | os.PathLike | None = None, load_pack: bool = True):
-    """Import ComfyUI as a library with --cpu, point its folders at base_dir and load this pack through
-    ComfyUI's own custom-node loader. Returns the `nodes` module. Idempotent within a process."""
+def boot(base_dir: str | os.PathLike | None = None, load_pack: bool = True, cpu: bool = True):
+    """Import ComfyUI as a library (with --cpu unless cpu=False, e.g. for GPU benchmarks), point its folders at
+    base_dir and load this pack through ComfyUI's own custom-node loader. Returns the `nodes` module.
+    Idempotent within a process."""
     global _BOOTED
     if _BOOTED is not None:
         return _BOOTED
@@ -32,7 +33,7 @@ def boot(base_dir: str | os.PathLike | None = None, load_pack: bool = True):
     import comfy.options
     comfy.options.enable_args_parsing(False)
     import comfy.cli_args
-    comfy.cli_args.args.cpu = True          # before anything imports comfy.model_management (pitfall 1)
+    comfy.cli_args.args.cpu = bool(cpu)     # before anything imports comfy.model_management (pitfall 1)
     comfy.cli_args.args.disable_api_nodes = True
     import utils.extra_config  # noqa: F401  (before `nodes`, pitfall 2)
     import folder_paths
