@@ -204,8 +204,9 @@ def render_run(trace: RunTrace, profile, title: str | None = None, width_px: int
     _style(ax)
     cum = np.cumsum(~reuse)
     xs = np.r_[0, idx]
-    ax.plot(xs, xs, color="#888888", lw=2, ls="--", marker="o", ms=3, label=f"without caching: {n}")
-    ax.plot(xs, np.r_[0, cum], color=COMPUTED_COLOR, lw=2.5, marker="o", ms=5, label=f"with SenCache: {trace.computed}")
+    mk = "o" if n <= 24 else None
+    ax.plot(xs, xs, color="#888888", lw=2, ls="--", marker=mk, ms=3, label=f"without caching: {n}")
+    ax.plot(xs, np.r_[0, cum], color=COMPUTED_COLOR, lw=2.5, marker=mk, ms=5, label=f"with SenCache: {trace.computed}")
     if n:
         ax.fill_between(xs, np.r_[0, cum], xs, color=REUSED_COLOR, alpha=0.18, lw=0, label=f"saved: {trace.reused}")
     ax.set_xlim(0, max(n, 1))
@@ -228,8 +229,9 @@ def render_run(trace: RunTrace, profile, title: str | None = None, width_px: int
     ax.step(idx, eps, where="mid", color=EPS_COLOR, lw=2, label="threshold ε (reuse only if S < ε)")
     has = np.isfinite(score)
     s_plot = np.where(has, np.maximum(score, floor) if log else score, np.nan)
-    ax.scatter(idx[has & ~reuse], s_plot[has & ~reuse], s=70, color=COMPUTED_COLOR, zorder=3, edgecolor="white")
-    ax.scatter(idx[has & reuse], s_plot[has & reuse], s=70, color=REUSED_COLOR, zorder=3, marker="D", edgecolor="white")
+    size = 70 if n <= 60 else 25
+    ax.scatter(idx[has & ~reuse], s_plot[has & ~reuse], s=size, color=COMPUTED_COLOR, zorder=3, edgecolor="white")
+    ax.scatter(idx[has & reuse], s_plot[has & reuse], s=size, color=REUSED_COLOR, zorder=3, marker="D", edgecolor="white")
     top = np.nanmax(np.concatenate([s_plot[has], eps])) if n else 1.0
     if not log:
         ax.set_ylim(0, top * 1.15 if top > 0 else 1.0)
