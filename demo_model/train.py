@@ -93,6 +93,73 @@ def save_weights(ema_sd: dict, meta: dict, path: pathlib.Path):
     os.replace(tmp, path)
 
 
+SAMPLE_PROMPTS = ("red circle and blue square on green", "yellow triangle on purple", "white square on black",
+                  "orange circle and cyan triangle on blue", "green triangle and red square on white",
+                  "purple circle on yellow")
+
+
+def comfy_sample(model_patcher, prompts, seed=0, steps=30, cfg=6.0, sampler_name="uni_pc", scheduler="simple",
+                 shift=8.0):
+    """Sample prompts with ComfyUI's own sampler (ModelSamplingSD3 shift like the Wan template). Returns the raw
+    LATENT samples [N, 16, 8, 16, 16] as a KSampler outputs them (process_out applied)."""
+    import comfy.sample
+    from comfy_extras.nodes_model_advanced import ModelSamplingSD3
+    m = ModelSamplingSD3().patch(model_patcher, shift=shift)[0]
+    out = []
+    with torch.inference_mode():                  # as ComfyUI's executor runs nodes
+        for i, text in enumerate(prompts):
+            latent = torch.zeros(1, *data.LATENT_SHAPE)
+            noise = comfy.sample.prepare_noise(latent, seed + i)
+            pos = [[data.encode_prompt(text)[None], {}]]
+            neg = [[data.unconditional_context()[None], {}]]
+            out.append(comfy.sample.sample(m, noise, steps, cfg, sampler_name, scheduler, pos, neg, latent,
+                                           disable_pbar=True, seed=seed + i))
+    return torch.cat(out)
+
+
+def write_sample_grid(weights: str, out_png: str, seed: int = 0):
+    """Load `weights` through comfy.sd.load_diffusion_model (must detect WAN21_T2V), sample SAMPLE_PROMPTS with the
+    real ComfyUI sampler, decode (process_in first) and save a grid: one reference training clip, then samples."""
+    import tempfile
+    from devkit import host
+    host.boot(tempfile.mkdtemp(prefix="sencache_demo_"), load_pack=False)
+    import comfy.latent_formats
+    import comfy.sd
+    from safetensors import safe_open
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    print(f"booted; loading {weights}", flush=True)
+    mp = comfy.sd.load_diffusion_model(weights)
+    kind = type(mp.model.model_config).__name__
+    assert kind == "WAN21_T2V", kind
+    with safe_open(weights, "pt") as f:
+        meta = f.metadata()
+    t0 = time.time()
+    lat = comfy_sample(mp, SAMPLE_PROMPTS, seed=seed)
+    secs = time.time() - t0
+    frames = data.decode_latent(comfy.latent_formats.Wan21().process_in(lat))          # [N, T, 3, 32, 32]
+    ref_spec, ref_clip = data.sample_pair(np.random.default_rng(12345))
+    rows = [(f"training data example: {ref_spec.text()}", torch.from_numpy(ref_clip))]
+    rows += [(f"sample: {p}", fr) for p, fr in zip(SAMPLE_PROMPTS, frames)]
+    T, S, gap = data.NUM_FRAMES, data.FRAME_SIZE, 2
+    fig, axes = plt.subplots(len(rows), 1, figsize=(8, len(rows) * 1.25))
+    for ax, (title, clip) in zip(axes, rows):
+        strip = torch.ones(S, T * (S + gap) - gap, 3)                  # frames side by side, white gaps
+        for t in range(T):
+            strip[:, t * (S + gap): t * (S + gap) + S] = clip[t].permute(1, 2, 0)
+        ax.imshow(strip.numpy(), interpolation="nearest")
+        ax.set_title(title, fontsize=9, loc="left")
+        ax.axis("off")
+    fig.suptitle(f"SenCache demo model ({kind}), step {meta.get('steps')}, train loss {meta.get('loss')}\n"
+                 f"ComfyUI sampler: uni_pc, simple, 30 steps, cfg 6, ModelSamplingSD3 shift 8, seeds {seed}.."
+                 f"{seed + len(SAMPLE_PROMPTS) - 1}; frames 0-7 left to right", fontsize=9)
+    fig.tight_layout()
+    pathlib.Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    print(f"{kind}: sampled {len(SAMPLE_PROMPTS)} prompts in {secs:.1f} s -> {out_png}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=100000, help="stop after this many steps (default: run until killed)")
@@ -108,7 +175,13 @@ def main(argv=None):
     ap.add_argument("--stop-at", type=float, default=None, help="unix time: save and stop at the next step past it")
     ap.add_argument("--weights", default=str(WEIGHTS))
     ap.add_argument("--state", default=str(STATE))
+    ap.add_argument("--samples", default=None, metavar="PNG",
+                    help="do not train: load --weights via ComfyUI, sample, write a picture grid to PNG")
     args = ap.parse_args(argv)
+    if args.samples:
+        torch.set_num_threads(args.threads)
+        write_sample_grid(args.weights, args.samples)
+        return
 
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
