@@ -100,7 +100,7 @@ class RunState:
                                       "sample_sigmas": sig, "profile_range": list(holder.profile.sigma_range)})
         self.streams: dict = {}
         self.eval_id = 0
-        self.sync = None
+        self._pending = None
 
     def begin_evaluation(self) -> None:
         self.eval_id += 1
@@ -108,18 +108,18 @@ class RunState:
     def _is_final(self, sigma: float) -> bool:
         return any(abs(sigma - f) <= 1e-6 * max(1.0, f) for f in self.final_sigmas)
 
-    def forward(self, executor, args, kwargs, transformer_options: dict):
-        x: torch.Tensor = args[0]
+    @torch.compiler.disable   # decisions stay outside a torch.compile'd graph; the model call itself does not
+    def before_call(self, x: torch.Tensor, transformer_options: dict) -> torch.Tensor | None:
+        """Decide (once per evaluation and stream) and return the reused output, or None to compute."""
         sigma = float(transformer_options["sigmas"].flatten()[0])
         uuids = list(transformer_options.get("uuids") or [None])
         cou = list(transformer_options.get("cond_or_uncond") or [])
-        names = [("uncond" if c == 1 else "cond") if i < len(cou) and c in (0, 1) else str(u)
-                 for i, (u, c) in enumerate(zip(uuids, cou + [None] * len(uuids)))]
+        names = [("uncond" if c == 1 else "cond") if c in (0, 1) else str(u)
+                 for u, c in zip(uuids, cou + [None] * (len(uuids) - len(cou)))]
         window = transformer_options.get("context_window")
         wkey = tuple(window.index_list) if window is not None and hasattr(window, "index_list") else None
         stream = self.streams.setdefault(wkey, _Stream())
-        per = x.shape[0] // len(uuids)
-        keys = list(uuids)
+        keys, per = uuids, x.shape[0] // len(uuids)
         x_lat = x[:per, :self.channels]
 
         new_eval = stream.eval_id != self.eval_id or stream.record is None or any(k in stream.served for k in keys) \
@@ -131,8 +131,8 @@ class RunState:
             if dx is None and ref is not None:        # shape changed mid-run: start over, never reuse stale data
                 stream.cache.clear()
                 stream.policy_state = PolicyState()
-            cache_ok = self._cache_usable(stream, keys, x)
-            decision = self.policy.decide(stream.policy_state, sigma, dx, self._is_final(sigma), cache_ok)
+            decision = self.policy.decide(stream.policy_state, sigma, dx, self._is_final(sigma),
+                                          self._cache_usable(stream, keys, x))
             self.policy.commit(stream.policy_state, sigma, decision)
             if decision.reason == OUT_OF_PROFILE and not self.trace.warnings:
                 lo, hi = self.holder.profile.sigma_range
@@ -143,8 +143,8 @@ class RunState:
             if not decision.reuse:
                 stream.x_ref = x_lat.detach().clone()
             stream.record = StepRecord(len(self.trace.steps), sigma, decision.reuse, decision.reason, decision.score,
-                                       decision.eps, decision.dx, decision.dsigma)
-            stream.record.window = None if wkey is None else [wkey[0], wkey[-1]]
+                                       decision.eps, decision.dx, decision.dsigma,
+                                       window=None if wkey is None else [wkey[0], wkey[-1]])
             self.trace.steps.append(stream.record)
         record = stream.record
         stream.served.update(keys)
@@ -155,31 +155,36 @@ class RunState:
                 out = out + x[:, :out.shape[1]]
             record.reused_conds.extend(names)
             return out
+        self._pending = (stream, record, keys, names, per, time.perf_counter())
+        return None
 
-        t0 = time.perf_counter()
-        out = executor(*args, **kwargs)
+    @torch.compiler.disable
+    def after_call(self, x: torch.Tensor, out: torch.Tensor) -> None:
+        """Account the model call and refresh the cache of every cond it computed (finite outputs only)."""
+        stream, record, keys, names, per, t0 = self._pending
+        self._pending = None
         if out.device.type == "cuda":
             torch.cuda.synchronize(out.device)
         record.model_seconds += time.perf_counter() - t0
         record.computed_conds.extend(names)
-        if out.shape[0] == x.shape[0]:
-            for i, k in enumerate(keys):
-                part = out[i * per:(i + 1) * per]
-                if self.mode == "output_minus_input":
-                    part = part - x[i * per:(i + 1) * per, :part.shape[1]]
+        if out.shape[0] != x.shape[0]:
+            return
+        for i, k in enumerate(keys):
+            part = out[i * per:(i + 1) * per]
+            if self.mode == "output_minus_input":
+                part = part - x[i * per:(i + 1) * per, :part.shape[1]]
+            if bool(torch.isfinite(part).all()):
                 stream.cache[k] = part.detach().clone()
-        return out
+            else:                                     # never reuse non-finite values: the next step recomputes
+                stream.cache.pop(k, None)
 
     @staticmethod
     def _cache_usable(stream: _Stream, keys, x: torch.Tensor) -> bool:
-        """Every cond of this call is cached with matching batch/spatial shape, dtype and device, and finite."""
+        """Every cond of this call has a cached output of matching batch and spatial shape on x's device."""
         per = x.shape[0] // len(keys)
         for k in keys:
             c = stream.cache.get(k)
-            if c is None or c.shape[0] != per or c.shape[2:] != x.shape[2:] or c.dtype != x.dtype or c.device != x.device:
-                return False
-            if not bool(torch.isfinite(c).all()):
-                stream.cache.pop(k, None)
+            if c is None or c.shape[0] != per or c.shape[2:] != x.shape[2:] or c.device != x.device:
                 return False
         return True
 
@@ -237,7 +242,12 @@ def diffusion_model_wrapper(executor, *args, **kwargs):
     run: RunState | None = to.get(RUN_KEY) if to else None
     if run is None or to.get("sigmas") is None:
         return executor(*args, **kwargs)
-    return run.forward(executor, args, kwargs, to)
+    reused = run.before_call(args[0], to)
+    if reused is not None:
+        return reused
+    out = executor(*args, **kwargs)
+    run.after_call(args[0], out)
+    return out
 
 
 def attach(model, holder: SenCacheHolder):

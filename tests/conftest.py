@@ -13,6 +13,13 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
+def pytest_configure(config):
+    # Tiny models gain nothing from intra-op threads, and on a shared 2-core machine they lose a lot to
+    # oversubscription (measured: ~5x slower per evaluation with 2 threads beside another busy process).
+    import torch
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def comfy_base(tmp_path_factory):
     return tmp_path_factory.mktemp("comfy_base")
