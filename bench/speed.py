@@ -20,10 +20,12 @@ ComfyUI sampler.
 Instrumentation, identical in every run (uncached included), so it cancels in every comparison:
 - a CALC_COND_BATCH wrapper numbers the evaluations (Python counter, no device sync);
 - an outermost and an innermost DIFFUSION_MODEL wrapper (keyed; the cache's own wrapper sits between them)
-  time each call with a device sync on entry and exit. inner = one model call; outer − inner = the time the
-  cache's wrapper itself takes (decision, norms, cache copies, trace). The same difference in the uncached
-  run (an empty wrapper chain) is the instrumentation's own floor and is subtracted.
-- a second, independent overhead estimate: (wall(SenCache ε=0) − wall(uncached)) / evaluations.
+  time each call without synchronising: CUDA events on the stream (read after the run), perf_counter on the
+  CPU. inner = one model call; outer − inner = the time the cache's wrapper itself adds to the GPU timeline
+  (its kernels, plus the idle gaps its host-side work and its own syncs leave). The same difference in the
+  uncached run (an empty wrapper chain) is the instrumentation's own floor and is subtracted.
+- a second, independent overhead estimate: (wall(SenCache ε=0) − wall(uncached)) / evaluations, which also
+  holds what happens outside the wrapper (e.g. host/device overlap lost to the cache's syncs).
 Peak memory: torch.cuda.max_memory_allocated, reset before every run (GPU only).
 
 Results: results/speed/<device>-<size>.md and .json (device name, torch and ComfyUI versions, table).
@@ -55,7 +57,7 @@ import torch  # noqa: E402
 # (latent 16×21×60×104), 512 text tokens, 30 steps uni_pc/simple, CFG 6, shift 8 (ComfyUI's Wan template).
 SIZES = {
     "full": dict(model=dict(dim=1536, ffn_dim=8960, num_layers=30, num_heads=12), latent=(16, 21, 60, 104),
-                 text_tokens=512, time_limit=450.0, max_search_runs=3, repeats=2),
+                 text_tokens=512, time_limit=460.0, max_search_runs=3, repeats=2),
     "reduced": dict(model=dict(dim=128, ffn_dim=256, num_layers=2, num_heads=1), latent=(16, 3, 16, 16),
                     text_tokens=16, time_limit=240.0, max_search_runs=6, repeats=2),
 }
@@ -63,6 +65,17 @@ WAN_COMMON = dict(model_type="t2v", patch_size=(1, 2, 2), text_len=512, in_dim=1
                   text_dim=4096, window_size=(-1, -1), qk_norm=True, cross_attn_norm=True, eps=1e-6)
 STEPS, CFG, SAMPLER, SCHEDULER, SHIFT, SEED = 30, 6.0, "uni_pc", "simple", 8.0, 0
 BUDGETS = (2, 3)   # speed-up in model evaluations: 30 → 15 and 30 → 10
+
+
+def flops_per_eval(model_kw: dict, latent: tuple, text_tokens: int, batch: int = 2) -> float:
+    """Matmul FLOPs of one evaluation (CFG: cond + uncond) of the Wan DiT: per block, self-attention q/k/v/o and
+    cross-attention q/o on the L video tokens, cross k/v on the text tokens, the FFN, and the two attention
+    products (4·L²·d self, 4·L·T·d cross). Embeddings and the head are negligible."""
+    d, ffn, n = model_kw["dim"], model_kw["ffn_dim"], model_kw["num_layers"]
+    _, f, h, w = latent
+    L, T = f * (h // 2) * (w // 2), text_tokens
+    per_block = 2 * L * (6 * d * d + 2 * d * ffn) + 2 * T * 2 * d * d + 4 * L * L * d + 4 * L * T * d
+    return float(batch * n * per_block)
 
 
 def log(msg: str) -> None:
@@ -136,25 +149,42 @@ def build_checkpoint(folder: pathlib.Path, model_kw: dict, dev: torch.device, dt
 # ---- instrumentation ---------------------------------------------------------------------------------------
 class Probe:
     """Per-run counters and timers, shared by closures (ModelPatcher.clone deep-copies model_options; plain
-    functions survive that as themselves, bound methods would drag a copy of the probe along)."""
+    functions survive that as themselves, bound methods would drag a copy of the probe along).
+
+    Timers never synchronise: on CUDA they are events recorded on the stream and read after the run, so they
+    measure the GPU timeline — a cache's own kernels plus any idle gap its host-side work (and its own syncs)
+    leave — and add nothing to wall time; on the CPU, where execution is synchronous, perf_counter."""
 
     def __init__(self, dev: torch.device):
         self.dev = dev
-        self.evals: list[list] = []     # per evaluation: [calls, model_calls, outer_s, inner_s]
+        self.evals: list[dict] = []     # per evaluation: calls, model calls, outer and inner intervals
 
     def reset(self):
         self.evals = []
 
-    def computed(self) -> int:
-        return sum(1 for e in self.evals if e[1] > 0)
+    def mark(self):
+        if self.dev.type == "cuda":
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            return e
+        return time.perf_counter()
+
+    def seconds(self, a, b) -> float:
+        return a.elapsed_time(b) / 1e3 if self.dev.type == "cuda" else b - a
 
     def summary(self) -> dict:
-        comp = [e for e in self.evals if e[1] > 0]
-        reused = [e for e in self.evals if e[1] == 0]
-        return {"evaluations": len(self.evals), "computed": len(comp), "model_calls": sum(e[1] for e in self.evals),
-                "model_s_per_eval": [e[3] for e in comp],
-                "own_s_computed": [e[2] - e[3] for e in comp],     # wrapper chain minus the model call
-                "own_s_reused": [e[2] for e in reused]}            # a reused evaluation costs only the wrapper
+        """Call after the run has finished (and the device is synchronised)."""
+        per = []
+        for e in self.evals:
+            outer = sum(self.seconds(a, b) for a, b in e["outer"])
+            inner = sum(self.seconds(a, b) for a, b in e["inner"])
+            per.append((len(e["inner"]), outer, inner))
+        comp = [p for p in per if p[0] > 0]
+        reused = [p for p in per if p[0] == 0]
+        return {"evaluations": len(per), "computed": len(comp), "model_calls": sum(p[0] for p in per),
+                "model_s_per_eval": [p[2] for p in comp],
+                "own_s_computed": [p[1] - p[2] for p in comp],     # wrapper chain minus the model call
+                "own_s_reused": [p[1] for p in reused]}            # a reused evaluation costs only the wrapper
 
 
 def instrument(model, probe: Probe):
@@ -162,30 +192,23 @@ def instrument(model, probe: Probe):
     whatever cache wrapper is already attached; CALC_COND_BATCH numbers evaluations."""
     import comfy.patcher_extension as pe
     m = model.clone()
-    dev = probe.dev
 
     def calc_cond_batch(executor, *args, **kwargs):
-        probe.evals.append([0, 0, 0.0, 0.0])
+        probe.evals.append({"outer": [], "inner": []})
         return executor(*args, **kwargs)
 
     def outer(executor, *args, **kwargs):
-        sync(dev)
-        t0 = time.perf_counter()
+        t0 = probe.mark()
         out = executor(*args, **kwargs)
-        sync(dev)
-        e = probe.evals[-1] if probe.evals else probe.evals.append([0, 0, 0.0, 0.0]) or probe.evals[-1]
-        e[0] += 1
-        e[2] += time.perf_counter() - t0
+        if not probe.evals:
+            probe.evals.append({"outer": [], "inner": []})
+        probe.evals[-1]["outer"].append((t0, probe.mark()))
         return out
 
     def inner(executor, *args, **kwargs):
-        sync(dev)
-        t0 = time.perf_counter()
+        t0 = probe.mark()
         out = executor(*args, **kwargs)
-        sync(dev)
-        e = probe.evals[-1]
-        e[1] += 1
-        e[3] += time.perf_counter() - t0
+        probe.evals[-1]["inner"].append((t0, probe.mark()))
         return out
 
     m.add_wrapper_with_key(pe.WrappersMP.CALC_COND_BATCH, "bench_probe", calc_cond_batch)
@@ -325,16 +348,21 @@ class Bench:
         return t * computed / STEPS + 0.5
 
     def sample(self, model, label: str, method: str, param, target: int | None, holder=None, kind: str = "timed"):
+        import comfy.model_management
         import comfy.sample
         probe = self.probe
         probe.reset()
         m = instrument(model, probe)
         if self.dev.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(self.dev)
+            torch.cuda.reset_peak_memory_stats(self.dev)   # no empty_cache: every run starts with a warm allocator
         latent = comfy.sample.fix_empty_latent_channels(m, self.latent)
         noise = comfy.sample.prepare_noise(latent, SEED)
+        # every run samples a fresh clone (new wrappers); ComfyUI swaps the loaded clone for it (weights stay on
+        # the device). Done here, outside the timed region, as a re-run of an unchanged workflow would find it.
+        t0 = time.perf_counter()
+        comfy.model_management.load_models_gpu([m])
         sync(self.dev)
+        preload = time.perf_counter() - t0
         t0 = time.perf_counter()
         out = comfy.sample.sample(m, noise, STEPS, CFG, SAMPLER, SCHEDULER, self.pos, self.neg, latent,
                                   disable_pbar=True, seed=SEED)
@@ -342,6 +370,7 @@ class Bench:
         wall = time.perf_counter() - t0
         s = probe.summary()
         r = {"label": label, "method": method, "param": param, "target": target, "kind": kind, "wall_s": wall,
+             "preload_s": preload,
              "computed": s["computed"], "evaluations": s["evaluations"], "model_calls": s["model_calls"],
              "model_s_per_eval_median": statistics.median(s["model_s_per_eval"]) if s["model_s_per_eval"] else None,
              "model_s_total": sum(s["model_s_per_eval"]),
@@ -411,10 +440,13 @@ class Bench:
         self.pos = [[torch.randn(1, tok, 4096, generator=g), {}]]
         self.neg = [[torch.randn(1, tok, 4096, generator=g), {}]]
         self.probe = Probe(self.dev)
-        # a priori: ~1.3 s per CFG evaluation of the full size on an H100 (bf16, SDPA); reduced: tiny
-        self.t_eval_est = 1.3 if (a.size == "full" and self.dev.type == "cuda") else (
-            0.02 if a.size == "reduced" else 60.0)
-        log(f"a-priori estimate: {self.plan_estimate():.0f} s in all (limit {self.limit:.0f} s)")
+        # a priori: matmul FLOPs at ~450 TFLOP/s achieved (H100/H200 bf16 with SDPA flash attention; the
+        # 8192³ bf16 matmul peak there is ~800); CPU: a rough 0.2 TFLOP/s. Replaced by measurement after calibration.
+        self.flops = flops_per_eval(self.size["model"], self.size["latent"], self.size["text_tokens"])
+        rate = 450e12 if self.dev.type == "cuda" else 0.2e12
+        self.t_eval_est = max(self.flops / rate, 0.01)
+        log(f"one evaluation ≈ {self.flops / 1e12:.1f} TFLOP; a-priori estimate {self.t_eval_est:.2f} s per "
+            f"evaluation, {self.plan_estimate():.0f} s in all (limit {self.limit:.0f} s)")
 
     def plan_estimate(self, t_eval: float | None = None) -> float:
         """Elapsed so far + calibration (1.5 evaluations per step) + the minimal plan + repeats, with two real
@@ -488,7 +520,14 @@ class Bench:
                 lo = max(lo, p)
             else:
                 hi = min(hi, p)
-            p = math.sqrt(lo * hi) if lo > 0 and hi < math.inf else (p * 3.0 if hi == math.inf else p / 3.0)
+            if lo > 0 and hi < math.inf:
+                p = math.sqrt(lo * hi)
+                continue
+            # one side only: the offline replay missed by (n − target) (the real trajectory drifts once steps are
+            # reused); ask it for the count that cancels that bias, else step by 3× in the right direction
+            n = r["computed"]
+            q, _ = predict_param(count, min(max(2 * target - n, 1), STEPS))
+            p = q if (n > target and q > p) or (n < target and q < p) else (p * 3.0 if n > target else p / 3.0)
         if best is not None and abs(best["computed"] - target) > 1:
             self.notes.append(f"{method} {STEPS}->{target}: no parameter within ±1 found (tried {tried}); "
                               f"closest realised count {best['computed']}")
@@ -589,7 +628,9 @@ class Bench:
                 row["peak_delta_MiB"] = (max(r["peak_alloc_bytes"] for r in rs) - peak_base) / 2**20 if peak_base else None
             rows.append(row)
         eps0 = [r for r in timed if r["method"] == "sencache_eps0"]
-        overhead = {"instrumentation_floor_ms": 1e3 * floor_s, "model_eval_s": t_model}
+        overhead = {"instrumentation_floor_ms": 1e3 * floor_s, "model_eval_s": t_model,
+                    "tflop_per_eval": self.flops / 1e12,
+                    "achieved_tflops": self.flops / t_model / 1e12 if t_model else None}
         if eps0:
             own = [x - floor_s for r in eps0 for x in r["own_s_computed"]]
             overhead["direct_ms_per_eval_median"] = 1e3 * statistics.median(own)
@@ -651,8 +692,9 @@ def render_md(d: dict) -> str:
              "reuse_threshold searched per budget.",
              "- Wall = whole sampling run, median over repeats; speed-up = uncached median / method median; "
              "evaluation ratio = evaluations / computed evaluations (counted by an innermost wrapper).",
-             "- Own time = the cache wrapper's time per evaluation (outer − inner wrapper timers, instrumentation floor "
-             "subtracted): decision, norms, cache copies, bookkeeping; for a reused evaluation it is its whole cost.",
+             "- Own time = the cache wrapper's time per evaluation (outer − inner wrapper timers: CUDA events on the "
+             "GPU timeline, no syncs added; perf_counter on CPU; instrumentation floor subtracted): decision, norms, "
+             "cache copies, bookkeeping; for a reused evaluation it is its whole cost.",
              ""]
     hdr = ("| method | parameter | computed / total | eval ratio | wall median s (min–max, n) | wall speed-up | "
            "speed-up ÷ eval ratio | own ms/eval (computed · reused) | own % of a model eval |")
@@ -679,7 +721,9 @@ def render_md(d: dict) -> str:
     o = d.get("overhead", {})
     lines += ["", "## Overhead of SenCache's per-step decision and bookkeeping", ""]
     if o.get("model_eval_s"):
-        lines.append(f"- One model evaluation (all CFG branches, uncached run, median): {o['model_eval_s'] * 1e3:.2f} ms.")
+        lines.append(f"- One model evaluation (all CFG branches, uncached run, median): {o['model_eval_s'] * 1e3:.2f} ms "
+                     f"({_f(o.get('tflop_per_eval'), '{:.2f}')} TFLOP of matmuls: "
+                     f"{_f(o.get('achieved_tflops'), '{:.1f}')} TFLOP/s achieved).")
     if "direct_ms_per_eval_median" in o:
         lines.append(f"- Direct (ε=0 run, every step computed, wrapper time minus model call): median "
                      f"{o['direct_ms_per_eval_median']:.3f} ms per evaluation (p90 {o['direct_ms_per_eval_p90']:.3f} ms) = "
@@ -708,7 +752,7 @@ def main(argv=None):
                    help="weights/compute dtype; auto = bf16 on CUDA, fp32 on CPU")
     p.add_argument("--out", default=str(REPO / "results" / "speed"))
     p.add_argument("--time-limit", type=float, default=None,
-                   help="seconds for the whole script (default: full 450, reduced 120); runs that cannot fit are skipped")
+                   help="seconds for the whole script (default: full 460, reduced 240); runs that cannot fit are skipped")
     p.add_argument("--max-consecutive", type=int, default=4, help="SenCache K")
     p.add_argument("--eps-start-ratio", type=float, default=1.0, help="ε_start = ratio · ε_main")
     p.add_argument("--easycache-start", type=float, default=0.15)
@@ -721,7 +765,8 @@ def main(argv=None):
     b = Bench(a)
     ok = False
     try:
-        ok = b.run()
+        with torch.inference_mode():     # as ComfyUI's executor runs every node (execution.py)
+            ok = b.run()
     finally:
         if hasattr(b, "dev"):
             b.write(ok)
