@@ -48,6 +48,10 @@ class SenCache(io.ComfyNode):
                                  tooltip="Use the profile's high percentile of the sensitivities instead of their mean (more conservative)."),
                 io.Combo.Input("reuse_mode", options=list(REUSE_MODES), default="output",
                                tooltip="What is reused: the model output itself, or its difference from the model input (re-added to the current input)."),
+                io.Float.Input("target_speedup", default=0.0, min=0.0, max=20.0, step=0.05,
+                               tooltip="Budget mode: if > 0, ε is derived per run from the profile so the run computes about "
+                                       "steps / target_speedup model evaluations (eps_start keeps its ratio to eps_main; the "
+                                       "ε values above are then ignored). 0 = use the ε values as given."),
             ],
             outputs=[io.Model.Output(tooltip="The model with SenCache attached (connect it to a KSampler).")],
             hidden=[io.Hidden.unique_id],
@@ -55,11 +59,12 @@ class SenCache(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, profile, eps_main, eps_start, eps_switch_percent, max_consecutive_reuse, reuse_start_percent,
-                reuse_end_percent, protect_final_step, use_high_percentile, reuse_mode) -> io.NodeOutput:
+                reuse_end_percent, protect_final_step, use_high_percentile, reuse_mode, target_speedup=0.0) -> io.NodeOutput:
         settings = SenCacheSettings(eps_start=eps_start, eps_main=eps_main, max_consecutive=max_consecutive_reuse,
                                     eps_switch_percent=eps_switch_percent, reuse_start_percent=reuse_start_percent,
                                     reuse_end_percent=reuse_end_percent, protect_final=protect_final_step,
-                                    high_percentile=use_high_percentile, reuse_mode=reuse_mode)
+                                    high_percentile=use_high_percentile, reuse_mode=reuse_mode,
+                                    target_speedup=target_speedup)
         node_id = cls.hidden.unique_id if cls.hidden is not None else None
         patched, _ = apply_sencache(model, profile, settings, node_id=node_id)
         return io.NodeOutput(patched)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -18,6 +18,7 @@ import comfy.model_patcher
 import comfy.patcher_extension
 
 from ..sencache_core.policy import OUT_OF_PROFILE
+from ..sencache_core.budget import eps_for_budget, target_from_speedup
 from ..sencache_core import (PolicyState, ReusePolicy, RunTrace, SensitivityProfile, StepRecord, rms_diff)
 
 log = logging.getLogger("SenCache")
@@ -39,6 +40,7 @@ class SenCacheSettings:
     protect_final: bool = True
     high_percentile: bool = False
     reuse_mode: str = "output"
+    target_speedup: float = 0.0      # > 0: derive ε per run from the profile for about steps/target evaluations
 
 
 class SenCacheHolder:
@@ -95,8 +97,18 @@ class RunState:
         self.channels = holder.latent_channels
         self.mode = holder.settings.reuse_mode
         sig = [float(s) for s in sample_sigmas.flatten().tolist()]
+        budget = None
+        if holder.settings.target_speedup > 0:
+            s = holder.settings
+            target = target_from_speedup(len(sig) - 1, s.target_speedup)
+            ratio = s.eps_start / s.eps_main if s.eps_main > 0 else 0.2
+            eps, simulated = eps_for_budget(self.policy, sig, target, ratio)
+            self.policy = replace(self.policy, eps_main=eps, eps_start=eps * ratio)
+            budget = {"target_speedup": s.target_speedup, "target_computed": target, "simulated_computed": simulated,
+                      "eps_main": eps, "eps_start": eps * ratio}
         self.final_sigmas = [sig[i] for i in range(len(sig) - 1) if sig[i + 1] == 0.0 and sig[i] > 0]
-        self.trace = RunTrace(config={**holder.settings.__dict__, "node_id": holder.node_id,
+        self.trace = RunTrace(config={**holder.settings.__dict__, "node_id": holder.node_id, "budget": budget,
+                                      "eps_main": self.policy.eps_main, "eps_start": self.policy.eps_start,
                                       "sample_sigmas": sig, "profile_range": list(holder.profile.sigma_range)})
         self.streams: dict = {}
         self.eval_id = 0

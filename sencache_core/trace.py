@@ -63,7 +63,9 @@ class RunTrace:
         if len({v for v in pc.values()}) > 1:
             parts.append("per cond " + ", ".join(f"{k}: {c} computed/{r} reused" for k, (c, r) in sorted(pc.items())))
         c = self.config
-        parts.append(f"eps_start={c.get('eps_start')}, eps_main={c.get('eps_main')}, K={c.get('max_consecutive')}")
+        fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
+        parts.append(f"eps_start={fmt(c.get('eps_start'))}, eps_main={fmt(c.get('eps_main'))}, K={c.get('max_consecutive')}"
+                     + (f" (from target speed-up {c['budget']['target_speedup']}x)" if c.get("budget") else ""))
         wall = self.wall_seconds if self.wall_seconds is not None else time.perf_counter() - self.started
         parts.append(f"run {wall:.2f} s, model calls {self.model_seconds:.2f} s")
         if self.interrupted:

@@ -175,3 +175,19 @@ def test_fingerprint_is_cheap_and_tells_arch_from_weights():
     assert compare_fingerprints(fp, model_fingerprint({"dim": 128, "layers": 2}, {k: v + 1 for k, v in sd.items()})) == "weights_differ"
     assert compare_fingerprints(fp, model_fingerprint({"dim": 256, "layers": 2}, sd)) == "arch_differs"
     assert compare_fingerprints(None, fp) == "unknown"
+
+
+def test_budget_simulation_is_monotone_and_hits_reachable_targets():
+    from sencache_core.budget import eps_for_budget, simulate_computed, target_from_speedup
+    prof = make_profile()
+    sig = list(np.linspace(1.0, 0.1, 30)) + [0.0]
+    pol = ReusePolicy(prof, 0.0, 0.0, 3)
+    counts = [simulate_computed(ReusePolicy(prof, e, e, 3), sig) for e in (0.0, 0.01, 0.05, 0.2, 1.0, 10.0)]
+    assert counts[0] == 30 and counts == sorted(counts, reverse=True)
+    assert counts[-1] == math.ceil(30 / 4) + 1          # K = 3: at most 3 reuses per computed step; final protected
+    for speed in (1.5, 2.0, 3.0):
+        target = target_from_speedup(30, speed)
+        eps, got = eps_for_budget(pol, sig, target, start_ratio=0.5)
+        assert got <= target and simulate_computed(ReusePolicy(prof, eps * 0.5, eps, 3), sig) == got
+        assert simulate_computed(ReusePolicy(prof, eps * 0.5 * 0.9, eps * 0.9, 3), sig) > target   # smallest such ε
+    assert target_from_speedup(30, 0.5) == 30 and target_from_speedup(30, 3.0) == 10

@@ -330,3 +330,17 @@ def test_cogvideox_call_convention_stand_in(sc, wan_profile):
     tr = outs[10.0][1]
     assert [s.reuse for s in tr.steps] == [False, True, True, False]       # final step protected
     assert torch.equal(outs[10.0][0][1], plain[0]) and all(o.shape[1] == 16 for o in outs[10.0][0])
+
+
+def test_budget_mode_derives_eps_for_a_target_speedup(sc, wan, conds, wan_profile):
+    counts = {}
+    for speed in (1.0, 2.0, 2.5):
+        m, holder = patched(sc, wan, wan_profile, eps=0.1, eps_start=0.05, target_speedup=speed)
+        sampling.sample(m, *conds, sampling.wan_latent(), seed=21, steps=8)
+        tr = holder.last_trace
+        b = tr.config["budget"]
+        assert b["target_computed"] == math.ceil(8 / speed) and b["simulated_computed"] <= b["target_computed"]
+        assert tr.config["eps_start"] == pytest.approx(0.5 * tr.config["eps_main"])
+        assert all(s.eps in (tr.config["eps_start"], tr.config["eps_main"]) for s in tr.steps)
+        counts[speed] = tr.computed
+    assert counts[1.0] == 8 and counts[2.5] <= counts[2.0] < 8

@@ -1,0 +1,62 @@
+"""Budget → ε: derive the threshold that makes a run compute about a requested number of evaluations.
+
+The profile records the typical latent change per unit σ along calibration trajectories (dx_per_sigma), so a
+run's decisions can be simulated before it starts: with ‖x − x_r‖ ≈ ∫ dx_per_sigma dσ from σ_r, the policy is
+replayed on the run's σ schedule and ε is bisected until the simulated count of computed evaluations meets
+the request. Samplers with several evaluations per step are simulated per step (an approximation).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+
+from .policy import PolicyState, ReusePolicy
+
+
+def simulate_computed(policy: ReusePolicy, sigmas: list[float]) -> int:
+    """Computed evaluations the policy would make on the schedule `sigmas` (σ_0 > ... > σ_n = 0, one
+    evaluation per step) if the latent changed exactly as the profile's dx_per_sigma says."""
+    prof = policy.profile
+    grid = np.asarray(sigmas[:-1], dtype=np.float64)
+    if grid.size == 0:
+        return 0
+    # cumulative typical latent path length, so ‖x_s − x_r‖ ≈ L(σ_r) − L(σ_s)
+    rate = np.array([prof.dx_rate(s) for s in grid])
+    path = np.concatenate([[0.0], np.cumsum(0.5 * (rate[1:] + rate[:-1]) * np.abs(np.diff(grid)))])
+    final = {i for i in range(len(sigmas) - 1) if sigmas[i + 1] == 0.0}
+    state, ref = PolicyState(), None
+    for i, s in enumerate(grid):
+        dx = None if ref is None else abs(path[i] - path[ref])
+        d = policy.decide(state, float(s), dx, i in final, True)
+        policy.commit(state, float(s), d)
+        if not d.reuse:
+            ref = i
+    return state.computed
+
+
+def eps_for_budget(policy: ReusePolicy, sigmas: list[float], target_computed: int, start_ratio: float,
+                   iterations: int = 40) -> tuple[float, int]:
+    """Smallest ε_main (with ε_start = start_ratio·ε_main) whose simulated run computes ≤ target evaluations.
+    Returns (ε_main, simulated computed count). If the target is unreachable (K, protected steps), returns the
+    ε that gets closest."""
+    def count(eps: float) -> int:
+        return simulate_computed(replace(policy, eps_main=eps, eps_start=eps * start_ratio), sigmas)
+    lo, hi = 0.0, 1.0
+    while count(hi) > target_computed and hi < 1e6:
+        hi *= 4
+    if count(hi) > target_computed:
+        return hi, count(hi)
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        if count(mid) > target_computed:
+            lo = mid
+        else:
+            hi = mid
+    return hi, count(hi)
+
+
+def target_from_speedup(n_steps: int, speedup: float) -> int:
+    """Evaluations to compute for a requested speed-up over n_steps (at least 1)."""
+    return max(1, int(math.ceil(n_steps / max(speedup, 1.0) - 1e-9)))
