@@ -336,6 +336,8 @@ class Bench:
         self.runs: list[dict] = []
         self.notes: list[str] = []
         self.t_uncached = None
+        self.n_params = None
+        self.setup_s = {}
 
     def elapsed(self) -> float:
         return time.perf_counter() - T_START
@@ -420,6 +422,15 @@ class Bench:
         log(f"device {self.device_name} ({self.dev}), dtype {self.dtype}, torch {torch.__version__}, "
             f"ComfyUI {comfyui_version()}, size {a.size}, time limit {self.limit:.0f} s")
 
+        # a priori: matmul FLOPs at ~450 TFLOP/s achieved (H100/H200 bf16 with SDPA flash attention; the
+        # 8192³ bf16 matmul peak there is ~800); CPU: a rough 0.2 TFLOP/s. Replaced by measurement after calibration.
+        self.flops = flops_per_eval(self.size["model"], self.size["latent"], self.size["text_tokens"])
+        rate = 450e12 if self.dev.type == "cuda" else 0.2e12
+        self.t_eval_est = max(self.flops / rate, 0.01)
+        log(f"one evaluation ≈ {self.flops / 1e12:.1f} TFLOP; a-priori estimate {self.t_eval_est:.2f} s per "
+            f"evaluation, {self.plan_estimate():.0f} s in all (limit {self.limit:.0f} s)")
+        if not self.fits(1.5 * STEPS * self.t_eval_est + self.minimal_plan()):
+            return False
         t0 = time.perf_counter()
         ckpt, self.n_params = build_checkpoint(self.base, self.size["model"], self.dev, self.dtype)
         t_build = time.perf_counter() - t0
@@ -440,13 +451,7 @@ class Bench:
         self.pos = [[torch.randn(1, tok, 4096, generator=g), {}]]
         self.neg = [[torch.randn(1, tok, 4096, generator=g), {}]]
         self.probe = Probe(self.dev)
-        # a priori: matmul FLOPs at ~450 TFLOP/s achieved (H100/H200 bf16 with SDPA flash attention; the
-        # 8192³ bf16 matmul peak there is ~800); CPU: a rough 0.2 TFLOP/s. Replaced by measurement after calibration.
-        self.flops = flops_per_eval(self.size["model"], self.size["latent"], self.size["text_tokens"])
-        rate = 450e12 if self.dev.type == "cuda" else 0.2e12
-        self.t_eval_est = max(self.flops / rate, 0.01)
-        log(f"one evaluation ≈ {self.flops / 1e12:.1f} TFLOP; a-priori estimate {self.t_eval_est:.2f} s per "
-            f"evaluation, {self.plan_estimate():.0f} s in all (limit {self.limit:.0f} s)")
+        return True
 
     def plan_estimate(self, t_eval: float | None = None) -> float:
         """Elapsed so far + calibration (1.5 evaluations per step) + the minimal plan + repeats, with two real
@@ -550,17 +555,25 @@ class Bench:
         if rr["computed"] != r["computed"]:
             self.notes.append(f"'{r['label']}': repeat computed {rr['computed']} vs {r['computed']} (nondeterministic)")
 
-    def run(self):
-        self.setup()
-        self.calibrate()
+    def minimal_plan(self) -> float:
+        """Seconds for uncached, ε=0, and one run per budget and method."""
         run_cost = self.t_eval_est * STEPS
-        minimal = run_cost * 2 + sum(run_cost / b for b in BUDGETS) * 2
-        if not self.fits(minimal):
-            msg = (f"cannot fit: the minimal plan needs ~{minimal:.0f} s more, {self.limit - self.elapsed():.0f} s "
-                   "left of the time limit; aborting (partial results written)")
-            log(msg)
-            self.notes.append(msg)
-            return False
+        return run_cost * 2 + sum(run_cost / b for b in BUDGETS) * 2
+
+    def abort(self, what: str, need: float) -> bool:
+        msg = (f"cannot fit: {what} needs ~{need:.0f} s (+5 s reserve) after {self.elapsed():.0f} s, over the time "
+               f"limit of {self.limit:.0f} s; aborting (partial results written)")
+        log(msg)
+        self.notes.append(msg)
+        return False
+
+    def run(self):
+        if not self.setup():               # a-priori estimate (e.g. the full size on a CPU)
+            return self.abort("the calibration and the minimal plan (a-priori estimate)",
+                              1.5 * STEPS * self.t_eval_est + self.minimal_plan())
+        self.calibrate()
+        if not self.fits(self.minimal_plan()):  # measured
+            return self.abort("the minimal plan (uncached, ε=0, one run per budget and method)", self.minimal_plan())
         first = {}
         first["uncached"] = self.sample(self.model, "uncached", "uncached", None, STEPS)
         self.t_uncached = first["uncached"]["wall_s"]
@@ -682,7 +695,7 @@ def render_md(d: dict) -> str:
              f"{'' if d['complete'] else ' — **INCOMPLETE** (see notes)'}.",
              f"- Model: random-weight WanModel (ComfyUI's class, loaded through comfy.sd.load_diffusion_model), "
              f"dim {m['dim']}, ffn {m['ffn_dim']}, {m['num_layers']} blocks, {m['num_heads']} heads, "
-             f"{m['parameters'] / 1e9:.3f} B parameters, {c['dtype']}.",
+             f"{_f(m['parameters'] and m['parameters'] / 1e9, '{:.3f}', '?')} B parameters, {c['dtype']}.",
              f"- Sampling: latent {'×'.join(map(str, c['latent']))}, text [1, {c['text_tokens']}, 4096], "
              f"{c['steps']} steps {c['sampler']}/{c['scheduler']}, CFG {c['cfg']}, shift {c['shift']}, seed {c['seed']}; "
              "comfy.sample.sample (KSampler path).",
@@ -722,8 +735,8 @@ def render_md(d: dict) -> str:
     lines += ["", "## Overhead of SenCache's per-step decision and bookkeeping", ""]
     if o.get("model_eval_s"):
         lines.append(f"- One model evaluation (all CFG branches, uncached run, median): {o['model_eval_s'] * 1e3:.2f} ms "
-                     f"({_f(o.get('tflop_per_eval'), '{:.2f}')} TFLOP of matmuls: "
-                     f"{_f(o.get('achieved_tflops'), '{:.1f}')} TFLOP/s achieved).")
+                     f"({_f(o.get('tflop_per_eval'), '{:.3g}')} TFLOP of matmuls: "
+                     f"{_f(o.get('achieved_tflops'), '{:.3g}')} TFLOP/s achieved).")
     if "direct_ms_per_eval_median" in o:
         lines.append(f"- Direct (ε=0 run, every step computed, wrapper time minus model call): median "
                      f"{o['direct_ms_per_eval_median']:.3f} ms per evaluation (p90 {o['direct_ms_per_eval_p90']:.3f} ms) = "
@@ -738,6 +751,10 @@ def render_md(d: dict) -> str:
     s = d.get("setup_seconds") or {}
     lines += ["", f"Setup: build+save {_f(s.get('build_and_save'), '{:.1f}')} s, load {_f(s.get('load'), '{:.1f}')} s; "
               f"calibration run {_f(d.get('calibration_seconds'), '{:.1f}')} s (also the warm-up)."]
+    if c["size"] == "reduced":
+        lines += ["", "Reduced size: a tiny model, so a model evaluation takes milliseconds and the caches' fixed "
+                  "per-evaluation cost looks large beside it; wall times on a shared CPU are noisy. Only the full size "
+                  "on a GPU answers the real-scale questions."]
     if d["notes"]:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in d["notes"]]
     lines += ["", "Search and repeat runs: see the .json file (`runs`).", ""]

@@ -21,8 +21,8 @@ def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("speed")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "speed.py"), "--size", "reduced", "--device", "cpu",
-                           "--out", str(out), "--tmpdir", str(out)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+                           "--out", str(out), "--tmpdir", str(out), "--time-limit", "900"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     jsons = list(out.glob("*-reduced.json"))
     assert len(jsons) == 1, list(out.iterdir())
