@@ -1,0 +1,80 @@
+"""Smoke tests of the benchmark and demo entry points (bench/): tiny sizes, so CI exercises the code paths.
+The real numbers come from `scripts/bench_quality.sh` and `scripts/demo.sh`, never from here."""
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def demo_weights(host, tmp_path_factory):
+    """The committed demo weights, or (before they exist) random weights of the same architecture."""
+    w = REPO / "demo_model" / "weights" / "sencache_demo_wan.safetensors"
+    if w.exists():
+        return w
+    import json as _json
+    from demo_model import train
+    path = tmp_path_factory.mktemp("w") / "sencache_demo_wan.safetensors"
+    model = train.build_model(0)
+    sd = {k: v for k, v in model.state_dict().items()}
+    for k, v in sd.items():                       # the zero head would make every output 0: randomise it
+        if k.startswith("head.head."):
+            v.normal_(0, 0.02)
+    train.save_weights(sd, {"steps": "0", "loss": "nan", "config": _json.dumps(train.CONFIG)}, path)
+    return path
+
+
+def test_quality_bench_smoke(host, demo_weights, tmp_path):
+    from bench import quality
+    out = tmp_path / "q"
+    quality.main(["--config", "wan_template", "--steps", "6", "--samples", "2", "--calibration-samples", "1",
+                  "--timing-samples", "1", "--fractions", "0.5", "--no-vgg", "--weights", str(demo_weights),
+                  "--out", str(out), "--methods", "sc_out", "ec_copy", "ec_asis", "tea", "mag", "fix_out", "steps_shift"])
+    md = (out / "wan_template.md").read_text()
+    assert "| SenCache (output) |" in md and "Fewer steps (shift tuned)" in md and "Budget 3 of 6" in md
+    assert (out / "wan_template.png").stat().st_size > 1000
+    data = json.loads((out / "wan_template.json").read_text())
+    for r in data["results"]:
+        assert r["reference"]["evaluations"] == 6
+        for name, per in r["methods"].items():
+            o = per["3"]
+            if o["matched"]:
+                assert o["evaluations"] == 3, (name, o)       # exactly the budget
+                assert 0 < o["ssim"] <= 1
+    # fixed interval and fewer steps always hit the budget exactly
+    assert all(r["methods"]["Fixed interval (output)"]["3"]["matched"] for r in data["results"])
+    assert all(r["methods"]["Fewer steps (shift tuned)"]["3"]["matched"] for r in data["results"])
+
+
+def test_budget_search_and_k_rules():
+    from bench.quality import match_budgets, budgets_for
+    assert budgets_for(30) == [15, 10, 8] and budgets_for(50) == [25, 17, 13]
+    # a monotone step function: evals = 30 - floor(10 * log10(p) + 40) clipped
+    import math
+    f = lambda p: (max(4, min(30, 30 - int(10 * math.log10(p) + 40))), None)
+    found, pts = match_budgets(f, [15, 10, 8], {})
+    assert set(found) == {15, 10, 8} and all(pts[p][0] == b for b, p in found.items())
+
+
+def test_k_rules():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("m", REPO / "bench" / "methods.py")
+    src = (REPO / "bench" / "methods.py").read_text()
+    ns = {}
+    exec(src[src.index("def min_evaluations"):], ns)
+    assert [ns["sencache_k"](30, b) for b in (15, 10, 8)] == [3, 3, 4]
+    assert [ns["magcache_k"](30, b) for b in (15, 10, 8)] == [2, 3, 5]
+
+
+def test_demo_smoke(host, demo_weights, tmp_path):
+    from bench import demo
+    out = demo.main(["--out", str(tmp_path / "demo"), "--steps", "4", "--repeats", "1", "--calibrate-in-graph",
+                     "--calibration-runs", "1", "--weights", str(demo_weights)])
+    for f in ("report.md", "side_by_side.png", "uncached.gif", "sencache.gif", "uncached.webp", "trace.json"):
+        assert (out / f).exists(), f
+    rep = (out / "report.md").read_text()
+    assert "PSNR" in rep and "SenCache computed" in rep
