@@ -23,8 +23,15 @@ def ltxv_conds(seed: int, tokens: int = 4):
 
 def sample(model, positive, negative, latent: torch.Tensor, seed: int = 0, steps: int = 8, cfg: float = 5.0,
            sampler_name: str = "euler", scheduler: str = "simple", denoise: float = 1.0,
-           start_step=None, last_step=None, force_full_denoise=False, disable_noise=False, model_options=None):
+           start_step=None, last_step=None, force_full_denoise=False, disable_noise=False):
     """KSampler(Advanced) semantics through comfy.sample.sample (the real sampler path)."""
+    with torch.inference_mode():        # as ComfyUI's executor runs every node
+        return _sample(model, positive, negative, latent, seed, steps, cfg, sampler_name, scheduler, denoise,
+                       start_step, last_step, force_full_denoise, disable_noise)
+
+
+def _sample(model, positive, negative, latent, seed, steps, cfg, sampler_name, scheduler, denoise,
+            start_step, last_step, force_full_denoise, disable_noise):
     import comfy.sample
     latent_image = comfy.sample.fix_empty_latent_channels(model, latent)
     noise = torch.zeros_like(latent_image) if disable_noise else comfy.sample.prepare_noise(latent_image, seed)

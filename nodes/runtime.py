@@ -113,6 +113,7 @@ class RunState:
         self.streams: dict = {}
         self.eval_id = 0
         self._pending = None
+        self._cuda_timings: list = []
 
     def begin_evaluation(self) -> None:
         self.eval_id += 1
@@ -167,17 +168,38 @@ class RunState:
                 out = out + x[:, :out.shape[1]]
             record.reused_conds.extend(names)
             return out
-        self._pending = (stream, record, keys, names, per, time.perf_counter())
+        self._pending = (stream, record, keys, names, per, self._clock_start(x))
         return None
+
+    def _clock_start(self, x: torch.Tensor):
+        """Start timing a model call without stalling the GPU: CUDA events are resolved once, at the end of the run."""
+        if x.device.type == "cuda":
+            start = torch.cuda.Event(enable_timing=True)
+            start.record()
+            return start
+        return time.perf_counter()
+
+    def _clock_stop(self, record: StepRecord, start) -> None:
+        if isinstance(start, float):
+            record.model_seconds += time.perf_counter() - start
+        else:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self._cuda_timings.append((record, start, end))
+
+    def resolve_timings(self) -> None:
+        if self._cuda_timings:
+            self._cuda_timings[-1][2].synchronize()
+            for record, start, end in self._cuda_timings:
+                record.model_seconds += start.elapsed_time(end) / 1000.0
+            self._cuda_timings.clear()
 
     @torch.compiler.disable
     def after_call(self, x: torch.Tensor, out: torch.Tensor) -> None:
         """Account the model call and refresh the cache of every cond it computed (finite outputs only)."""
-        stream, record, keys, names, per, t0 = self._pending
+        stream, record, keys, names, per, start = self._pending
         self._pending = None
-        if out.device.type == "cuda":
-            torch.cuda.synchronize(out.device)
-        record.model_seconds += time.perf_counter() - t0
+        self._clock_stop(record, start)
         record.computed_conds.extend(names)
         if out.shape[0] != x.shape[0]:
             return
@@ -237,6 +259,10 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     finally:
         guider.model_options = orig_model_options
         if run is not None:
+            try:
+                run.resolve_timings()
+            except Exception as e:   # timing is bookkeeping: never let it fail a finished render
+                log.warning("SenCache: could not read model-call timings: %s", e)
             run.free()
             run.holder.publish(run.trace.finish(interrupted=interrupted))
 
