@@ -48,7 +48,7 @@ class SenCache(io.ComfyNode):
                                  tooltip="Use the profile's high percentile of the sensitivities instead of their mean (more conservative)."),
                 io.Combo.Input("reuse_mode", options=list(REUSE_MODES), default="output",
                                tooltip="What is reused: the model output itself, or its difference from the model input (re-added to the current input)."),
-                io.Float.Input("target_speedup", default=0.0, min=0.0, max=20.0, step=0.05,
+                io.Float.Input("target_speedup", default=0.0, min=0.0, max=20.0, step=0.05, optional=True,
                                tooltip="Budget mode: if > 0, ε is derived per run from the profile so the run computes about "
                                        "steps / target_speedup model evaluations (eps_start keeps its ratio to eps_main; the "
                                        "ε values above are then ignored). 0 = use the ε values as given."),
