@@ -66,6 +66,19 @@ def sc(pack):
 
 
 @pytest.fixture(scope="session")
+def wan(tiny):
+    """The tiny random Wan 2.1 T2V most tests use."""
+    return tiny("tiny_wan21_t2v")
+
+
+@pytest.fixture(scope="session")
+def conds():
+    """(positive, negative) conditioning for the tiny Wan models."""
+    from devkit import sampling
+    return sampling.text_cond(1), sampling.text_cond(2)
+
+
+@pytest.fixture(scope="session")
 def wan_profile(tiny, sc):
     """A profile calibrated on the tiny Wan T2V with the settings most tests use."""
     from devkit import sampling

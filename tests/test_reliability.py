@@ -16,16 +16,6 @@ def settings(sc, eps=1.0, k=3, **kw):
     return sc.runtime.SenCacheSettings(eps_start=eps, eps_main=eps, max_consecutive=k, **kw)
 
 
-@pytest.fixture(scope="module")
-def wan(tiny):
-    return tiny("tiny_wan21_t2v")
-
-
-@pytest.fixture(scope="module")
-def conds():
-    return sampling.text_cond(1), sampling.text_cond(2)
-
-
 def live_run_states(sc):
     gc.collect()
     return [o for o in gc.get_objects() if isinstance(o, sc.runtime.RunState)]

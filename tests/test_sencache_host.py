@@ -45,16 +45,6 @@ def recompute_rule(trace, profile, eps_start, eps_main, k, sigma_switch, final_s
         assert consecutive <= k
 
 
-@pytest.fixture(scope="module")
-def wan(tiny):
-    return tiny("tiny_wan21_t2v")
-
-
-@pytest.fixture(scope="module")
-def conds():
-    return sampling.text_cond(1), sampling.text_cond(2)
-
-
 def test_nodes_registered(host):
     for node_id in ("SenCacheApply", "SenCacheCalibrator", "SenCacheSaveProfile", "SenCacheLoadProfile"):
         assert node_id in host.NODE_CLASS_MAPPINGS
