@@ -85,7 +85,15 @@ def computed_steps(n: int, budget: int) -> set[int]:
     return set(idx)
 
 
-def apply_fixed(model, budget: int, mode: str = "output"):
+def every_kth_steps(n: int, budget: int) -> set[int] | None:
+    """Steps 0, k, 2k, ... (k = n / budget; the last step is NOT forced): with euler and output reuse this is
+    exactly euler with `budget` steps of the same schedule. None when n is not a multiple of budget."""
+    if n % budget:
+        return None
+    return set(range(0, n, n // budget))
+
+
+def apply_fixed(model, budget: int, mode: str = "output", every_kth: bool = False):
     m = model.clone()
     state = _StepCache(mode)
     wanted = {}
@@ -93,7 +101,7 @@ def apply_fixed(model, budget: int, mode: str = "output"):
     def decide(to, args):
         i, n = _step_index(to)
         if "set" not in wanted:
-            wanted["set"] = computed_steps(n, budget)
+            wanted["set"] = every_kth_steps(n, budget) if every_kth else computed_steps(n, budget)
         return i not in wanted["set"]
 
     m.add_wrapper_with_key(DM, "bench_fixed", lambda ex, *a, **k: state.run(ex, a, k, decide))

@@ -60,12 +60,13 @@ SHIFT_TUNING_SAMPLES = 3       # the first 3 calibration samples choose the re-t
 BASELINE = "SenCache (output)"
 METHODS = ("SenCache (output)", "SenCache (output-input)", "EasyCache core (input copied)", "EasyCache core (as-is)",
            "LazyCache core", "TeaCache-style", "MagCache-style", "Fixed interval (output)",
-           "Fixed interval (output-input)", "Fewer steps (shift 8)", "Fewer steps (shift tuned)")
+           "Fixed interval (output-input)", "Every k-th step (output)", "Fewer steps (shift 8)", "Fewer steps (shift tuned)")
 SHORT = {"SenCache (output)": "sc_out", "SenCache (output-input)": "sc_omi", "EasyCache core (input copied)": "ec_copy",
          "EasyCache core (as-is)": "ec_asis", "LazyCache core": "lazy", "TeaCache-style": "tea", "MagCache-style": "mag",
          "Fixed interval (output)": "fix_out", "Fixed interval (output-input)": "fix_omi",
+         "Every k-th step (output)": "every_k",
          "Fewer steps (shift 8)": "steps", "Fewer steps (shift tuned)": "steps_shift"}
-OPTIONAL_METHODS = ("Fixed interval (output-input)",)   # only with --methods (CPU time)
+OPTIONAL_METHODS = ("Fixed interval (output-input)", "Every k-th step (output)")   # only with --methods (CPU time)
 PARAM_RANGE = (1e-4, 20.0)
 PSNR_CAP = 100.0
 
@@ -221,6 +222,10 @@ class Bench:
             return M.apply_fixed(self.model, B, "output"), N
         if name == "Fixed interval (output-input)":
             return M.apply_fixed(self.model, B, "output_minus_input"), N
+        if name == "Every k-th step (output)":
+            if M.every_kth_steps(N, B) is None:
+                return None, N
+            return M.apply_fixed(self.model, B, "output", every_kth=True), N
         if name == "Fewer steps (shift 8)":
             return self.model, B
         if name == "Fewer steps (shift tuned)":
@@ -229,7 +234,7 @@ class Bench:
 
     @staticmethod
     def adaptive(name: str) -> bool:
-        return not name.startswith(("Fixed", "Fewer"))
+        return not name.startswith(("Fixed", "Fewer", "Every"))
 
     def measure(self, frames, ref_frames, ref_feats) -> dict:
         from bench import vgg_features as V
@@ -276,6 +281,9 @@ class Bench:
             else:
                 for B in budgets:
                     m, steps = self.make(name, B)
+                    if m is None:                      # not defined at this budget (every k-th: N % B != 0)
+                        out[B] = {"matched": False, "closest_evaluations": None, "note": "n/a at this budget"}
+                        continue
                     r = self.run(m, text, seed, steps)
                     o = {"matched": r.evaluations == B, "evaluations": r.evaluations}
                     if name == "Fewer steps (shift tuned)":
@@ -402,7 +410,8 @@ def write_report(path_md: pathlib.Path, config_name: str, cfg: dict, info: dict,
         if un:
             L.append("")
             L.append("Unmatched (excluded from that row's means): " + "; ".join(
-                f"{n}: " + ", ".join(f"seed {s} (closest {e})" for _, s, e in u) for n, u in un))
+                f"{n}: " + ", ".join(f"seed {s} (closest {e})" if e is not None else f"seed {s} (n/a)" for _, s, e in u)
+                for n, u in un))
         L.append("")
     L += ["## Method details", "",
           "- **SenCache**: this pack's node code (`apply_sencache`), profile from the Sensitivity Calibrator's "
@@ -426,6 +435,8 @@ def write_report(path_md: pathlib.Path, config_name: str, cfg: dict, info: dict,
           "error threshold; reuses the model output.",
           "- **Fixed interval**: exactly B evenly spaced computed steps (first and last included), the cached output "
           "(or output − input) reused in between.",
+          "- **Every k-th step (output)** (only with --methods every_k): steps 0, k, 2k, ... computed (k = N/B, "
+          "last step not forced), output reused in between; with euler this is exactly euler with B steps.",
           "- **Fewer steps**: a plain run with B steps, same sampler/scheduler; *shift 8* = the template's shift, "
           "*shift tuned* = the shift from {" + ", ".join(f"{s:g}" for s in SHIFT_GRID) + "} with the best mean PSNR "
           f"on the first {SHIFT_TUNING_SAMPLES} calibration samples (not the test samples), per budget: "

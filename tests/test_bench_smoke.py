@@ -33,7 +33,8 @@ def test_quality_bench_smoke(host, demo_weights, tmp_path):
     out = tmp_path / "q"
     quality.main(["--config", "wan_template", "--steps", "6", "--samples", "2", "--calibration-samples", "1",
                   "--timing-samples", "1", "--fractions", "0.5", "--no-vgg", "--weights", str(demo_weights),
-                  "--out", str(out), "--methods", "sc_out", "ec_copy", "ec_asis", "tea", "mag", "fix_out", "steps_shift"])
+                  "--out", str(out), "--methods", "sc_out", "ec_copy", "ec_asis", "tea", "mag", "fix_out", "every_k",
+                  "steps_shift"])
     md = (out / "wan_template.md").read_text()
     assert "| SenCache (output) |" in md and "Fewer steps (shift tuned)" in md and "Budget 3 of 6" in md
     assert (out / "wan_template.png").stat().st_size > 1000
@@ -78,3 +79,21 @@ def test_demo_smoke(host, demo_weights, tmp_path):
         assert (out / f).exists(), f
     rep = (out / "report.md").read_text()
     assert "PSNR" in rep and "SenCache computed" in rep
+
+
+def test_euler_every_other_step_is_euler_with_half_the_steps(host, demo_weights):
+    """The benchmark can show it: euler reusing the output at every other step == euler with half the steps."""
+    import torch
+    from bench import common as C
+    C.boot(weights=demo_weights)
+    from bench import methods as M
+    model = C.with_shift(C.load_model(demo_weights), 8.0)
+    counter = C.EvalCounter(model)
+    try:
+        a = C.sample(M.apply_fixed(model, 4, "output", every_kth=True), "red circle on green", 3, 8, 6.0, "euler", "simple", counter)
+        assert a.evaluations == 4
+        b = C.sample(model, "red circle on green", 3, 4, 6.0, "euler", "simple", counter)
+        assert b.evaluations == 4
+    finally:
+        counter.close()
+    assert torch.allclose(a.latent, b.latent, atol=1e-4, rtol=0), float((a.latent - b.latent).abs().max())
