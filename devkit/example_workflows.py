@@ -1,0 +1,352 @@
+"""The example workflows of example_workflows/ (UI format, listed by ComfyUI under Browse Templates), built from
+/object_info so their widget values always match the nodes. Regenerate after a node's inputs change:
+
+    .dev/venv/bin/python -m devkit.example_workflows            # starts the real ComfyUI once for /object_info
+    .dev/venv/bin/python -m devkit.example_workflows info.json  # or reads a saved /object_info
+
+Each workflow: standard ComfyUI nodes plus this pack's, and MarkdownNote nodes saying which model files go where.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+from .workflow import MODE_NEVER, Graph, render_thumbnail, save
+
+OUT = pathlib.Path(__file__).resolve().parent.parent / "example_workflows"
+SC = "#2a5f45"          # colour of SenCache nodes in the graphs
+
+SENCACHE_HOWTO = (
+    "### SenCache\n"
+    "**Load Profile → SenCache → sampler.** `eps_main` is the reuse threshold (predicted RMS change per element of "
+    "the model output): raise it for speed, lower it for fidelity; `max_consecutive_reuse` (K) caps the speed-up at "
+    "K+1. Or set `target_speedup` (e.g. 2.0) and let SenCache pick ε from the profile.\n\n"
+    "Each run logs one line (computed/reused evaluations, time); the node shows the run as a strip.\n\n"
+    "Best results come from a profile of **your** model/LoRA/resolution: see the workflow "
+    "`sencache_calibrate_save_load_apply`.")
+
+
+def wan21_t2v(info) -> dict:
+    g = Graph(info)
+    g.note("### Wan 2.1 text-to-video (1.3B) with SenCache\n\nModel files (ComfyUI folder names):\n"
+           "- `models/diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors`\n"
+           "- `models/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors`\n"
+           "- `models/vae/wan_2.1_vae.safetensors`\n"
+           "- `models/sencache/sensitivity_wan21.npz` — the reference sensitivity file of the SenCache paper "
+           "(vita-epfl/SenCache, `Wan2.1/`), or your own profile from the calibration workflow.\n\n"
+           "The 14B T2V works the same way (its own profile; calibrate it).", (0, -330), (520, 300))
+    g.note(SENCACHE_HOWTO, (560, -330), (520, 300))
+    unet = g.node("UNETLoader", (0, 0), unet_name="wan2.1_t2v_1.3B_fp16.safetensors", weight_dtype="default")
+    ms = g.node("ModelSamplingSD3", (0, 130), shift=8.0)
+    clip = g.node("CLIPLoader", (0, 260), clip_name="umt5_xxl_fp8_e4m3fn_scaled.safetensors", type="wan")
+    vae = g.node("VAELoader", (0, 420), vae_name="wan_2.1_vae.safetensors")
+    pos = g.node("CLIPTextEncode", (360, 0), (400, 180), title="CLIP Text Encode (Positive Prompt)",
+                 text="A red fox trotting through fresh snow in a birch forest, morning light, cinematic.")
+    neg = g.node("CLIPTextEncode", (360, 210), (400, 180), title="CLIP Text Encode (Negative Prompt)",
+                 text="blurry, low quality, static, distorted, watermark, text")
+    lat = g.node("EmptyHunyuanLatentVideo", (360, 420), width=832, height=480, length=33, batch_size=1)
+    prof = g.node("SenCacheLoadProfile", (800, 0), color=SC, profile_name="sensitivity_wan21.npz", npz_preset="auto")
+    sc = g.node("SenCacheApply", (800, 130), color=SC)
+    ks = g.node("KSampler", (1160, 0), seed=42, steps=30, cfg=6.0, sampler_name="uni_pc", scheduler="simple", denoise=1.0)
+    dec = g.node("VAEDecode", (1520, 0), (220, 80))
+    cv = g.node("CreateVideo", (1520, 120), (220, 100), fps=16.0)
+    sv = g.node("SaveVideo", (1520, 260), (300, 140), filename_prefix="video/sencache_wan21_t2v")
+    g.link(unet, 0, ms, "model"); g.link(ms, 0, sc, "model"); g.link(prof, 0, sc, "profile")
+    g.link(clip, 0, pos, "clip"); g.link(clip, 0, neg, "clip")
+    g.link(sc, 0, ks, "model"); g.link(pos, 0, ks, "positive"); g.link(neg, 0, ks, "negative"); g.link(lat, 0, ks, "latent_image")
+    g.link(ks, 0, dec, "samples"); g.link(vae, 0, dec, "vae"); g.link(dec, 0, cv, "images"); g.link(cv, 0, sv, "video")
+    return g.to_json()
+
+
+def wan21_i2v(info) -> dict:
+    g = Graph(info)
+    g.note("### Wan 2.1 image-to-video (14B, 480p) with SenCache\n\nModel files:\n"
+           "- `models/diffusion_models/wan2.1_i2v_480p_14B_fp16.safetensors`\n"
+           "- `models/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors`\n"
+           "- `models/vae/wan_2.1_vae.safetensors`\n"
+           "- `models/clip_vision/clip_vision_h.safetensors`\n"
+           "- `models/sencache/sensitivity_wan21.npz` (the reference file was measured on Wan 2.1 **T2V**; for I2V "
+           "calibrate your own profile with the calibration workflow, feeding the Calibrator the conditioning and "
+           "latent of WanImageToVideo).\n\nPut your start image in `ComfyUI/input/`.", (0, -360), (560, 330))
+    g.note(SENCACHE_HOWTO, (600, -360), (520, 330))
+    unet = g.node("UNETLoader", (0, 0), unet_name="wan2.1_i2v_480p_14B_fp16.safetensors", weight_dtype="default")
+    ms = g.node("ModelSamplingSD3", (0, 130), shift=8.0)
+    clip = g.node("CLIPLoader", (0, 260), clip_name="umt5_xxl_fp8_e4m3fn_scaled.safetensors", type="wan")
+    vae = g.node("VAELoader", (0, 420), vae_name="wan_2.1_vae.safetensors")
+    cvl = g.node("CLIPVisionLoader", (0, 530), clip_name="clip_vision_h.safetensors")
+    img = g.node("LoadImage", (0, 650), (320, 320), image="example.png")
+    pos = g.node("CLIPTextEncode", (360, 0), (400, 180), title="CLIP Text Encode (Positive Prompt)",
+                 text="The cat slowly turns its head towards the camera and blinks.")
+    neg = g.node("CLIPTextEncode", (360, 210), (400, 180), title="CLIP Text Encode (Negative Prompt)",
+                 text="blurry, low quality, static, distorted, watermark, text")
+    cve = g.node("CLIPVisionEncode", (360, 530), crop="none")
+    i2v = g.node("WanImageToVideo", (360, 660), width=832, height=480, length=33, batch_size=1)
+    prof = g.node("SenCacheLoadProfile", (800, 0), color=SC, profile_name="sensitivity_wan21.npz", npz_preset="auto")
+    sc = g.node("SenCacheApply", (800, 130), color=SC)
+    ks = g.node("KSampler", (1160, 0), seed=42, steps=30, cfg=6.0, sampler_name="uni_pc", scheduler="simple", denoise=1.0)
+    dec = g.node("VAEDecode", (1520, 0), (220, 80))
+    cv = g.node("CreateVideo", (1520, 120), (220, 100), fps=16.0)
+    sv = g.node("SaveVideo", (1520, 260), (300, 140), filename_prefix="video/sencache_wan21_i2v")
+    g.link(unet, 0, ms, "model"); g.link(ms, 0, sc, "model"); g.link(prof, 0, sc, "profile")
+    g.link(clip, 0, pos, "clip"); g.link(clip, 0, neg, "clip")
+    g.link(cvl, 0, cve, "clip_vision"); g.link(img, 0, cve, "image")
+    g.link(pos, 0, i2v, "positive"); g.link(neg, 0, i2v, "negative"); g.link(vae, 0, i2v, "vae")
+    g.link(cve, 0, i2v, "clip_vision_output"); g.link(img, 0, i2v, "start_image")
+    g.link(sc, 0, ks, "model"); g.link(i2v, 0, ks, "positive"); g.link(i2v, 1, ks, "negative"); g.link(i2v, 2, ks, "latent_image")
+    g.link(ks, 0, dec, "samples"); g.link(vae, 0, dec, "vae"); g.link(dec, 0, cv, "images"); g.link(cv, 0, sv, "video")
+    return g.to_json()
+
+
+def wan22_a14b(info) -> dict:
+    g = Graph(info)
+    g.note("### Wan 2.2 A14B text-to-video: two experts, two SenCache nodes\n\nModel files:\n"
+           "- `models/diffusion_models/wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors`\n"
+           "- `models/diffusion_models/wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors`\n"
+           "- `models/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors`\n"
+           "- `models/vae/wan_2.1_vae.safetensors` (A14B uses the Wan 2.1 VAE)\n"
+           "- `models/sencache/wan22_a14b_high_noise_00001.safetensors`, `wan22_a14b_low_noise_00001.safetensors`: "
+           "one profile **per expert**. Make them with the calibration workflow: once with the high-noise model "
+           "(`save_as` = wan22_a14b_high_noise), once with the low-noise model.\n\n"
+           "The two KSamplerAdvanced split the 20 steps at step 10 as in ComfyUI's Wan 2.2 template. SenCache works in "
+           "σ, so each expert's cache and reuse count start fresh on its part of the schedule; the high-noise part "
+           "gets no reuse in its first step and the low-noise part none in its last (protect_final_step).",
+           (0, -400), (600, 370))
+    g.note(SENCACHE_HOWTO, (640, -400), (520, 370))
+    te = g.node("CLIPLoader", (0, 0), clip_name="umt5_xxl_fp8_e4m3fn_scaled.safetensors", type="wan")
+    vae = g.node("VAELoader", (0, 150), vae_name="wan_2.1_vae.safetensors")
+    pos = g.node("CLIPTextEncode", (0, 260), (400, 180), title="CLIP Text Encode (Positive Prompt)",
+                 text="A paper boat sails down a rain-filled street gutter, close-up, shallow depth of field.")
+    neg = g.node("CLIPTextEncode", (0, 470), (400, 180), title="CLIP Text Encode (Negative Prompt)",
+                 text="blurry, low quality, static, distorted, watermark, text")
+    lat = g.node("EmptyHunyuanLatentVideo", (0, 680), width=832, height=480, length=33, batch_size=1)
+    hi = g.node("UNETLoader", (440, 0), title="Load Diffusion Model (high noise)",
+                unet_name="wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors", weight_dtype="default")
+    lo = g.node("UNETLoader", (440, 600), title="Load Diffusion Model (low noise)",
+                unet_name="wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors", weight_dtype="default")
+    mhi = g.node("ModelSamplingSD3", (440, 130), shift=8.0)
+    mlo = g.node("ModelSamplingSD3", (440, 730), shift=8.0)
+    phi = g.node("SenCacheLoadProfile", (800, 0), color=SC, title="Load Profile (high noise)",
+                 profile_name="wan22_a14b_high_noise_00001.safetensors", npz_preset="auto")
+    plo = g.node("SenCacheLoadProfile", (800, 600), color=SC, title="Load Profile (low noise)",
+                 profile_name="wan22_a14b_low_noise_00001.safetensors", npz_preset="auto")
+    shi = g.node("SenCacheApply", (800, 130), color=SC, title="SenCache (high noise)")
+    slo = g.node("SenCacheApply", (800, 730), color=SC, title="SenCache (low noise)")
+    khi = g.node("KSamplerAdvanced", (1160, 0), title="KSampler (high noise, steps 0-10)", add_noise="enable",
+                 noise_seed=42, steps=20, cfg=3.5, sampler_name="euler", scheduler="simple", start_at_step=0,
+                 end_at_step=10, return_with_leftover_noise="enable")
+    klo = g.node("KSamplerAdvanced", (1520, 0), title="KSampler (low noise, steps 10-20)", add_noise="disable",
+                 noise_seed=0, steps=20, cfg=3.5, sampler_name="euler", scheduler="simple", start_at_step=10,
+                 end_at_step=10000, return_with_leftover_noise="disable")
+    dec = g.node("VAEDecode", (1880, 0), (220, 80))
+    cv = g.node("CreateVideo", (1880, 120), (220, 100), fps=16.0)
+    sv = g.node("SaveVideo", (1880, 260), (300, 140), filename_prefix="video/sencache_wan22_a14b")
+    g.link(te, 0, pos, "clip"); g.link(te, 0, neg, "clip")
+    g.link(hi, 0, mhi, "model"); g.link(lo, 0, mlo, "model")
+    g.link(mhi, 0, shi, "model"); g.link(phi, 0, shi, "profile"); g.link(mlo, 0, slo, "model"); g.link(plo, 0, slo, "profile")
+    for k in (khi, klo):
+        g.link(pos, 0, k, "positive"); g.link(neg, 0, k, "negative")
+    g.link(shi, 0, khi, "model"); g.link(lat, 0, khi, "latent_image")
+    g.link(slo, 0, klo, "model"); g.link(khi, 0, klo, "latent_image")
+    g.link(klo, 0, dec, "samples"); g.link(vae, 0, dec, "vae"); g.link(dec, 0, cv, "images"); g.link(cv, 0, sv, "video")
+    return g.to_json()
+
+
+def ltxv(info) -> dict:
+    g = Graph(info)
+    g.note("### LTX-Video text-to-video with SenCache\n\nModel files:\n"
+           "- `models/checkpoints/ltx-video-2b-v0.9.5.safetensors` (model + VAE in one file)\n"
+           "- `models/text_encoders/t5xxl_fp16.safetensors`\n"
+           "- `models/sencache/sensitivity_ltx.npz` — the reference sensitivity file (vita-epfl/SenCache, "
+           "`LTX-Video/`, measured on LTX-Video 0.9.1; Load Profile converts it with the `ltx091` preset), or your "
+           "own profile from the calibration workflow (recommended for other LTX versions).\n\n"
+           "SenCache sits between the model and SamplerCustom; LTXVScheduler's σ schedule is used as is.",
+           (0, -330), (560, 300))
+    g.note(SENCACHE_HOWTO, (600, -330), (520, 300))
+    ck = g.node("CheckpointLoaderSimple", (0, 0), ckpt_name="ltx-video-2b-v0.9.5.safetensors")
+    te = g.node("CLIPLoader", (0, 150), clip_name="t5xxl_fp16.safetensors", type="ltxv")
+    pos = g.node("CLIPTextEncode", (360, 0), (400, 180), title="CLIP Text Encode (Positive Prompt)",
+                 text="A lighthouse on a rocky coast at dusk, waves crashing, the beam sweeping through light fog.")
+    neg = g.node("CLIPTextEncode", (360, 210), (400, 180), title="CLIP Text Encode (Negative Prompt)",
+                 text="low quality, worst quality, deformed, distorted, disfigured, motion smear, motion artifacts")
+    cond = g.node("LTXVConditioning", (360, 420), frame_rate=25.0)
+    lat = g.node("EmptyLTXVLatentVideo", (0, 300), width=768, height=512, length=97, batch_size=1)
+    sched = g.node("LTXVScheduler", (360, 560), steps=30, max_shift=2.05, base_shift=0.95, stretch=True, terminal=0.1)
+    samp = g.node("KSamplerSelect", (360, 760), sampler_name="euler")
+    prof = g.node("SenCacheLoadProfile", (800, 0), color=SC, profile_name="sensitivity_ltx.npz", npz_preset="auto")
+    sc = g.node("SenCacheApply", (800, 130), color=SC)
+    sc_ = g.node("SamplerCustom", (1160, 0), add_noise=True, noise_seed=42, cfg=3.0)
+    dec = g.node("VAEDecode", (1520, 0), (220, 80))
+    cv = g.node("CreateVideo", (1520, 120), (220, 100), fps=25.0)
+    sv = g.node("SaveVideo", (1520, 260), (300, 140), filename_prefix="video/sencache_ltxv")
+    g.link(te, 0, pos, "clip"); g.link(te, 0, neg, "clip")
+    g.link(pos, 0, cond, "positive"); g.link(neg, 0, cond, "negative")
+    g.link(lat, 0, sched, "latent")
+    g.link(ck, 0, sc, "model"); g.link(prof, 0, sc, "profile")
+    g.link(sc, 0, sc_, "model"); g.link(cond, 0, sc_, "positive"); g.link(cond, 1, sc_, "negative")
+    g.link(samp, 0, sc_, "sampler"); g.link(sched, 0, sc_, "sigmas"); g.link(lat, 0, sc_, "latent_image")
+    g.link(sc_, 0, dec, "samples"); g.link(ck, 2, dec, "vae"); g.link(dec, 0, cv, "images"); g.link(cv, 0, sv, "video")
+    return g.to_json()
+
+
+COGVIDEOX_NOTE = (
+    "### CogVideoX 1.5 (5B) text-to-video with SenCache — **needs a ComfyUI with native CogVideoX (2026)**\n\n"
+    "ComfyUI gained native CogVideoX after 0.3.75 (`comfy/ldm/cogvideo/`). This graph uses only generic core nodes: "
+    "UNETLoader detects the model from its weights and CLIPLoader loads the T5 encoder with type `cogvideox` "
+    "(a type that newer ComfyUI lists; 0.3.75 does not, so this workflow is not runnable there). "
+    "It was **not run on a real CogVideoX host**: SenCache's CogVideoX path is tested with a stand-in model that "
+    "follows core's calling convention. If your ComfyUI names a node or type differently, swap it; the SenCache "
+    "part (Load Profile → SenCache → sampler) stays the same.\n\nModel files:\n"
+    "- `models/diffusion_models/cogvideox1.5_5b_t2v_bf16.safetensors` (your CogVideoX 1.5 file)\n"
+    "- `models/text_encoders/t5xxl_fp16.safetensors`\n"
+    "- `models/vae/cogvideox_vae_bf16.safetensors`\n"
+    "- `models/sencache/sensitivity_cogvid.npz` — the reference sensitivity file (vita-epfl/SenCache, `CogVideoX/`; "
+    "preset `cogvideox15`), or your own profile from the calibration workflow.")
+
+
+def cogvideox(info) -> dict:
+    g = Graph(info)
+    g.note(COGVIDEOX_NOTE, (0, -400), (640, 370))
+    g.note(SENCACHE_HOWTO, (680, -400), (520, 370))
+    unet = g.node("UNETLoader", (0, 0), unet_name="cogvideox1.5_5b_t2v_bf16.safetensors", weight_dtype="default")
+    te = g.node("CLIPLoader", (0, 130), clip_name="t5xxl_fp16.safetensors", type="cogvideox")
+    vae = g.node("VAELoader", (0, 290), vae_name="cogvideox_vae_bf16.safetensors")
+    pos = g.node("CLIPTextEncode", (360, 0), (400, 180), title="CLIP Text Encode (Positive Prompt)",
+                 text="A hot air balloon drifts over green hills at sunrise, gentle camera pan.")
+    neg = g.node("CLIPTextEncode", (360, 210), (400, 180), title="CLIP Text Encode (Negative Prompt)", text="")
+    lat = g.node("EmptyHunyuanLatentVideo", (360, 420), width=1360, height=768, length=81, batch_size=1)
+    prof = g.node("SenCacheLoadProfile", (800, 0), color=SC, profile_name="sensitivity_cogvid.npz", npz_preset="cogvideox15")
+    sc = g.node("SenCacheApply", (800, 130), color=SC)
+    ks = g.node("KSampler", (1160, 0), seed=42, steps=50, cfg=6.0, sampler_name="ddim", scheduler="simple", denoise=1.0)
+    dec = g.node("VAEDecode", (1520, 0), (220, 80))
+    cv = g.node("CreateVideo", (1520, 120), (220, 100), fps=16.0)
+    sv = g.node("SaveVideo", (1520, 260), (300, 140), filename_prefix="video/sencache_cogvideox")
+    g.link(unet, 0, sc, "model"); g.link(prof, 0, sc, "profile")
+    g.link(te, 0, pos, "clip"); g.link(te, 0, neg, "clip")
+    g.link(sc, 0, ks, "model"); g.link(pos, 0, ks, "positive"); g.link(neg, 0, ks, "negative"); g.link(lat, 0, ks, "latent_image")
+    g.link(ks, 0, dec, "samples"); g.link(vae, 0, dec, "vae"); g.link(dec, 0, cv, "images"); g.link(cv, 0, sv, "video")
+    return g.to_json()
+
+
+def calibrate(info) -> dict:
+    g = Graph(info)
+    g.note("### Calibrate → save → load → apply (Wan 2.1 T2V 1.3B)\n\n"
+           "**1. Calibrate once** (top row): the Sensitivity Calibrator samples like a KSampler (`runs` seeds) and "
+           "measures the model's sensitivities on the sampling trajectory (one extra model evaluation per step). "
+           "Use the model exactly as you render with it (LoRAs applied, same resolution and frame count). "
+           "Save Profile writes `models/sencache/wan21_t2v_1.3B_00001.safetensors`; the same run already renders "
+           "with SenCache from the fresh profile.\n\n"
+           "**2. Later runs** (bottom group, muted: select it and press Ctrl+M to enable; mute the top row): Load "
+           "Profile → SenCache → KSampler. Press R (refresh) first so the new file appears in the list.\n\n"
+           "Model files: `models/diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors`, "
+           "`models/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors`, `models/vae/wan_2.1_vae.safetensors`.",
+           (0, -400), (640, 370))
+    g.note(SENCACHE_HOWTO, (680, -400), (520, 370))
+    unet = g.node("UNETLoader", (0, 0), unet_name="wan2.1_t2v_1.3B_fp16.safetensors", weight_dtype="default")
+    ms = g.node("ModelSamplingSD3", (0, 130), shift=8.0)
+    clip = g.node("CLIPLoader", (0, 260), clip_name="umt5_xxl_fp8_e4m3fn_scaled.safetensors", type="wan")
+    vae = g.node("VAELoader", (0, 420), vae_name="wan_2.1_vae.safetensors")
+    pos = g.node("CLIPTextEncode", (360, 0), (400, 180), title="CLIP Text Encode (Positive Prompt)",
+                 text="A red fox trotting through fresh snow in a birch forest, morning light, cinematic.")
+    neg = g.node("CLIPTextEncode", (360, 210), (400, 180), title="CLIP Text Encode (Negative Prompt)",
+                 text="blurry, low quality, static, distorted, watermark, text")
+    lat = g.node("EmptyHunyuanLatentVideo", (360, 420), width=832, height=480, length=33, batch_size=1)
+    cal = g.node("SenCacheCalibrator", (800, 0), (340, 0), color=SC, seed=0, steps=30, cfg=6.0, sampler_name="uni_pc",
+                 scheduler="simple", runs=2, denoise=1.0, save_as="")
+    savep = g.node("SenCacheSaveProfile", (1180, 0), color=SC, filename_prefix="wan21_t2v_1.3B")
+    sc = g.node("SenCacheApply", (1180, 130), color=SC)
+    ks = g.node("KSampler", (1540, 0), seed=42, steps=30, cfg=6.0, sampler_name="uni_pc", scheduler="simple", denoise=1.0)
+    dec = g.node("VAEDecode", (1900, 0), (220, 80))
+    cv = g.node("CreateVideo", (1900, 120), (220, 100), fps=16.0)
+    sv = g.node("SaveVideo", (1900, 260), (300, 140), filename_prefix="video/sencache_calibrated")
+    g.link(unet, 0, ms, "model"); g.link(clip, 0, pos, "clip"); g.link(clip, 0, neg, "clip")
+    g.link(ms, 0, cal, "model"); g.link(pos, 0, cal, "positive"); g.link(neg, 0, cal, "negative"); g.link(lat, 0, cal, "latent_image")
+    g.link(cal, 1, savep, "profile"); g.link(ms, 0, sc, "model"); g.link(cal, 1, sc, "profile")
+    g.link(sc, 0, ks, "model"); g.link(pos, 0, ks, "positive"); g.link(neg, 0, ks, "negative"); g.link(lat, 0, ks, "latent_image")
+    g.link(ks, 0, dec, "samples"); g.link(vae, 0, dec, "vae"); g.link(dec, 0, cv, "images"); g.link(cv, 0, sv, "video")
+    # later runs: muted group
+    y = 600
+    lp = g.node("SenCacheLoadProfile", (800, y + 60), color=SC, mode=MODE_NEVER,
+                profile_name="wan21_t2v_1.3B_00001.safetensors", npz_preset="auto")
+    sc2 = g.node("SenCacheApply", (1180, y + 60), color=SC, mode=MODE_NEVER)
+    ks2 = g.node("KSampler", (1540, y + 60), mode=MODE_NEVER, seed=43, steps=30, cfg=6.0, sampler_name="uni_pc",
+                 scheduler="simple", denoise=1.0)
+    dec2 = g.node("VAEDecode", (1900, y + 60), (220, 80), mode=MODE_NEVER)
+    cv2 = g.node("CreateVideo", (1900, y + 180), (220, 100), mode=MODE_NEVER, fps=16.0)
+    sv2 = g.node("SaveVideo", (1900, y + 320), (300, 140), mode=MODE_NEVER, filename_prefix="video/sencache_from_profile")
+    g.link(ms, 0, sc2, "model"); g.link(lp, 0, sc2, "profile")
+    g.link(sc2, 0, ks2, "model"); g.link(pos, 0, ks2, "positive"); g.link(neg, 0, ks2, "negative"); g.link(lat, 0, ks2, "latent_image")
+    g.link(ks2, 0, dec2, "samples"); g.link(vae, 0, dec2, "vae"); g.link(dec2, 0, cv2, "images"); g.link(cv2, 0, sv2, "video")
+    g.group("2. Later runs: Load Profile → SenCache (muted; Ctrl+M to enable)", (780, y - 20, 1440, 520), "#88a")
+    return g.to_json()
+
+
+def demo(info) -> dict:
+    g = Graph(info)
+    g.note("### SenCache demo model (runs on a CPU in seconds)\n\n"
+           "A small Wan 2.1-architecture model trained in this repository on procedural videos of coloured shapes. "
+           "No text encoder or VAE needed: **SenCache Demo Prompt** makes the conditioning, **SenCache Demo Decode** "
+           "the frames.\n\nModel file: copy `demo_model/weights/sencache_demo_wan.safetensors` of this pack to "
+           "`models/diffusion_models/`.\n\nThe Calibrator measures the demo model's profile in the same run (2 runs, "
+           "30 steps: a few seconds); the Visualizer plots the SenCache run: S against ε per step, computed and "
+           "reused steps, the measured speed-up.\n\nPrompt words: colours red, green, blue, yellow, white, black, "
+           "orange, purple, cyan, gray; shapes circle, square, triangle; 'A and B on C'.", (0, -400), (600, 370))
+    unet = g.node("UNETLoader", (0, 0), unet_name="sencache_demo_wan.safetensors", weight_dtype="default")
+    ms = g.node("ModelSamplingSD3", (0, 130), shift=8.0)
+    pr = g.node("SenCacheDemoPrompt", (0, 260), (320, 140), color=SC, text="red circle and blue square on green")
+    zero = g.node("ConditioningZeroOut", (0, 430), (320, 60))
+    lat = g.node("EmptyHunyuanLatentVideo", (0, 530), width=128, height=128, length=29, batch_size=1)
+    cal = g.node("SenCacheCalibrator", (380, 0), (340, 0), color=SC, seed=0, steps=30, cfg=6.0, sampler_name="uni_pc",
+                 scheduler="simple", runs=2, denoise=1.0, save_as="")
+    sc = g.node("SenCacheApply", (760, 0), color=SC, eps_main=0.1, eps_start=0.02, max_consecutive_reuse=3)
+    ks = g.node("KSampler", (1120, 0), seed=7, steps=30, cfg=6.0, sampler_name="uni_pc", scheduler="simple", denoise=1.0)
+    dec = g.node("SenCacheDemoDecode", (1480, 0), (260, 90), color=SC, upscale=4)
+    webp = g.node("SaveAnimatedWEBP", (1780, 0), (320, 300), filename_prefix="sencache_demo", fps=8.0)
+    vis = g.node("SenCacheVisualizer", (1480, 340), (260, 90), color=SC)
+    prev = g.node("PreviewImage", (1780, 340), (520, 420))
+    g.link(unet, 0, ms, "model"); g.link(pr, 0, zero, "conditioning")
+    g.link(ms, 0, cal, "model"); g.link(pr, 0, cal, "positive"); g.link(zero, 0, cal, "negative"); g.link(lat, 0, cal, "latent_image")
+    g.link(ms, 0, sc, "model"); g.link(cal, 1, sc, "profile")
+    g.link(sc, 0, ks, "model"); g.link(pr, 0, ks, "positive"); g.link(zero, 0, ks, "negative"); g.link(lat, 0, ks, "latent_image")
+    g.link(ks, 0, dec, "samples"); g.link(dec, 0, webp, "images")
+    g.link(sc, 0, vis, "model"); g.link(ks, 0, vis, "latent"); g.link(vis, 0, prev, "images")
+    return g.to_json()
+
+
+WORKFLOWS = {
+    "sencache_wan21_t2v": (wan21_t2v, "Wan 2.1 T2V + SenCache"),
+    "sencache_wan21_i2v": (wan21_i2v, "Wan 2.1 I2V + SenCache"),
+    "sencache_wan22_a14b_t2v": (wan22_a14b, "Wan 2.2 A14B: two experts"),
+    "sencache_ltxv_t2v": (ltxv, "LTX-Video + SenCache"),
+    "sencache_cogvideox_t2v": (cogvideox, "CogVideoX (newer ComfyUI)"),
+    "sencache_calibrate_save_load_apply": (calibrate, "Calibrate → save → load → apply"),
+    "sencache_demo_model": (demo, "SenCache demo model (CPU)"),
+}
+
+
+def write_all(object_info: dict, out: pathlib.Path = OUT) -> list[pathlib.Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, (build, title) in WORKFLOWS.items():
+        wf = build(object_info)
+        save(wf, out / f"{name}.json")
+        render_thumbnail(wf, out / f"{name}.jpg", title=title)
+        paths.append(out / f"{name}.json")
+    return paths
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv:
+        info = json.loads(pathlib.Path(argv[0]).read_text())
+    else:
+        import tempfile
+        from .server import ComfyServer
+        with tempfile.TemporaryDirectory() as d, ComfyServer(d, tiny=()) as srv:
+            info = srv.get("/object_info")
+    for p in write_all(info):
+        print(p)
+
+
+if __name__ == "__main__":
+    main()
