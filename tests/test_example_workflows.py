@@ -307,3 +307,32 @@ def test_workflow_runs(server, name):
         assert runs >= n_sencache, f"{name}: {runs} SenCache run lines for {n_sencache} SenCache nodes"
     check_outputs(server, prompt, entry, name)
     print(f"\n[example workflows] {name}: ran in {time.monotonic() - t0:.1f} s")
+
+
+# -- the real frontend loads each workflow and builds the same prompt ----------------------------------
+ARTIFACTS = REPO / "test-artifacts"
+
+
+def test_frontend_loads_workflows_and_builds_the_same_prompt(server):
+    """ComfyUI's own frontend (1.32.9, headless Chromium) loads every workflow file; its graphToPrompt() must give
+    exactly the prompt devkit.workflow.to_api gives (same nodes, inputs and values), so the converter the run
+    tests rely on is the frontend's behaviour. One screenshot per workflow goes to test-artifacts/."""
+    from devkit import browser
+    if not browser.available():
+        pytest.skip(f"Chromium not installed at {browser.CHROMIUM}: run scripts/setup_browser.sh")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with browser.Chromium(server.url) as page:
+        page.wait_for("!!(window.app && window.app.graph && window.LiteGraph && "
+                      "LiteGraph.registered_node_types['SenCacheApply'])", timeout=120)
+        for name in NAMES:
+            wf = load(name)
+            got = page.eval(f"""(async () => {{
+                await app.loadGraphData({json.dumps(wf)}, true, true, {json.dumps(name)});
+                const p = await app.graphToPrompt();
+                return p.output; }})()""")
+            want = to_api(wf, server.object_info)
+            strip = lambda pr: {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in pr.items()}
+            assert strip(got) == strip(want), f"{name}: frontend prompt differs:\n{json.dumps(strip(got))[:3000]}"
+            page.eval("(() => { app.canvas.ds.scale = 0.7; app.canvas.ds.offset = [30, 420]; "
+                      "app.canvas.setDirty(true, true); app.canvas.draw(true, true); return true; })()")
+            page.screenshot(ARTIFACTS / f"workflow_{name}.png")
