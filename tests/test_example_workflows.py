@@ -169,6 +169,18 @@ def test_every_workflow_has_a_thumbnail_and_notes():
         assert any(n["type"].startswith("SenCache") for n in wf["nodes"]), name
 
 
+def test_server_lists_the_templates_with_thumbnails(server):
+    """ComfyUI's /workflow_templates lists the pack's example_workflows (Browse Templates), and serves the files."""
+    from devkit.server import PACK_LINK
+    listed = server.get("/workflow_templates")
+    assert sorted(listed.get(PACK_LINK, [])) == NAMES, listed
+    import urllib.request
+    for name in NAMES:
+        for ext in ("json", "jpg"):
+            with urllib.request.urlopen(f"{server.url}/api/workflow_templates/{PACK_LINK}/{name}.{ext}", timeout=10) as r:
+                assert r.status == 200 and len(r.read()) > 1000
+
+
 def test_workflows_are_current(server):
     """The files are what devkit.example_workflows builds from this host's /object_info: a node whose inputs
     changed makes this fail (regenerate with `python -m devkit.example_workflows`)."""
