@@ -33,7 +33,6 @@ with the reason, unless the host knows CLIPLoader type "cogvideox".
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import re
 import shutil
@@ -181,12 +180,19 @@ def test_server_lists_the_templates_with_thumbnails(server):
                 assert r.status == 200 and len(r.read()) > 1000
 
 
+PINNED_HOST = "0.3.75"      # the workflows are generated from this ComfyUI's /object_info
+
+
 def test_workflows_are_current(server):
     """The files are what devkit.example_workflows builds from this host's /object_info: a node whose inputs
-    changed makes this fail (regenerate with `python -m devkit.example_workflows`)."""
+    changed makes this fail (regenerate with `python -m devkit.example_workflows`). On another ComfyUI version
+    (SENCACHE_COMFYUI) only this pack's nodes are compared: core nodes may have gained inputs there."""
+    version = server.get("/system_stats")["system"]["comfyui_version"]
     for name, (build, _) in example_workflows.WORKFLOWS.items():
-        assert json.loads(json.dumps(build(server.object_info))) == load(name), \
-            f"{name}.json is stale: run .dev/venv/bin/python -m devkit.example_workflows"
+        built, saved = json.loads(json.dumps(build(server.object_info))), load(name)
+        if version != PINNED_HOST:
+            built, saved = ([n for n in wf["nodes"] if n["type"].startswith("SenCache")] for wf in (built, saved))
+        assert built == saved, f"{name}.json is stale: run .dev/venv/bin/python -m devkit.example_workflows"
 
 
 @pytest.mark.parametrize("name", NAMES)
