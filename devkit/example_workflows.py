@@ -3,6 +3,7 @@
 
     .dev/venv/bin/python -m devkit.example_workflows            # starts the real ComfyUI once for /object_info
     .dev/venv/bin/python -m devkit.example_workflows info.json  # or reads a saved /object_info
+    .dev/venv/bin/python -m devkit.example_workflows --demo-frames  # demo thumbnail + 8 frames the demo model renders
 
 Each workflow: standard ComfyUI nodes plus this pack's, and MarkdownNote nodes saying which model files go where.
 """
@@ -324,27 +325,79 @@ WORKFLOWS = {
 }
 
 
-def write_all(object_info: dict, out: pathlib.Path = OUT) -> list[pathlib.Path]:
+def write_all(object_info: dict, out: pathlib.Path = OUT, demo_frames=None) -> list[pathlib.Path]:
+    """Write every workflow and its thumbnail (the graph; for the demo, plus a strip of frames it rendered)."""
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, (build, title) in WORKFLOWS.items():
         wf = build(object_info)
         save(wf, out / f"{name}.json")
         render_thumbnail(wf, out / f"{name}.jpg", title=title)
+        if name == "sencache_demo_model" and demo_frames:
+            add_frame_strip(out / f"{name}.jpg", demo_frames)
         paths.append(out / f"{name}.json")
     return paths
 
 
+def add_frame_strip(path: pathlib.Path, frames) -> None:
+    """Append a row of frames (PIL images) under the thumbnail."""
+    from PIL import Image
+    thumb = Image.open(path).convert("RGB")
+    n = len(frames)
+    size = thumb.width // n
+    canvas = Image.new("RGB", (thumb.width, thumb.height + size), (32, 32, 32))
+    canvas.paste(thumb, (0, 0))
+    for i, f in enumerate(frames):
+        canvas.paste(f.convert("RGB").resize((size, size), Image.NEAREST), (i * size, thumb.height))
+    canvas.save(path, quality=85)
+
+
+def render_demo_frames(srv, info: dict, count: int = 8):
+    """Run the demo workflow on a server whose diffusion_models holds the demo weights; `count` frames of it."""
+    import io
+    import urllib.request
+    from PIL import Image
+    from .workflow import to_api
+    prompt = to_api(demo(info), info)
+    for n in prompt.values():          # frames as PNGs we can fetch, instead of an animated WEBP
+        if n["class_type"] == "SaveAnimatedWEBP":
+            n["class_type"], n["inputs"] = "PreviewImage", {"images": n["inputs"]["images"]}
+    entry = srv.run(prompt, timeout=600)
+    dec = next(k for k, n in prompt.items() if n["class_type"] == "SenCacheDemoDecode")
+    pid = next(k for k, n in prompt.items() if n["class_type"] == "PreviewImage" and n["inputs"]["images"][0] == dec)
+    files = entry["outputs"][pid]["images"]
+    pick = [files[round(i * (len(files) - 1) / (count - 1))] for i in range(count)]
+    frames = []
+    for f in pick:
+        url = f"{srv.url}/view?filename={f['filename']}&subfolder={f['subfolder']}&type={f['type']}"
+        with urllib.request.urlopen(url, timeout=30) as r:
+            frames.append(Image.open(io.BytesIO(r.read())).copy())
+    return frames
+
+
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    with_frames = "--demo-frames" in argv
+    argv = [a for a in argv if a != "--demo-frames"]
+    frames = None
     if argv:
         info = json.loads(pathlib.Path(argv[0]).read_text())
     else:
+        import os
         import tempfile
         from .server import ComfyServer
-        with tempfile.TemporaryDirectory() as d, ComfyServer(d, tiny=()) as srv:
-            info = srv.get("/object_info")
-    for p in write_all(info):
+        weights = pathlib.Path(__file__).resolve().parent.parent / "demo_model" / "weights" / "sencache_demo_wan.safetensors"
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        with tempfile.TemporaryDirectory() as d:
+            srv = ComfyServer(d, tiny=())
+            srv.prepare()
+            if with_frames and weights.exists():
+                (pathlib.Path(d) / "models" / "diffusion_models" / weights.name).symlink_to(weights)
+            with srv:
+                info = srv.get("/object_info")
+                if with_frames and weights.exists():
+                    frames = render_demo_frames(srv, info)
+    for p in write_all(info, demo_frames=frames):
         print(p)
 
 
