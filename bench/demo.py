@@ -176,8 +176,9 @@ def main(argv=None):
     ap.add_argument("--eps-main", type=float, default=None, help="SenCache eps_main (default: the node's default)")
     ap.add_argument("--eps-start", type=float, default=None)
     ap.add_argument("--max-consecutive", type=int, default=None)
-    ap.add_argument("--reuse-mode", default=None, choices=("output", "output_minus_input"))
-    ap.add_argument("--target-speedup", type=float, default=None,
+    ap.add_argument("--reuse-mode", default="output_minus_input", choices=("output", "output_minus_input"),
+                    help="default output_minus_input: the better mode in results/quality/ on this model")
+    ap.add_argument("--target-speedup", type=float, default=2.0,
                     help="SenCache target_speedup input (> 0: ε derived per run for about steps/target evaluations)")
     ap.add_argument("--weights", default=str(C.WEIGHTS))
     ap.add_argument("--profile", default=str(COMMITTED_PROFILE), help="profile file to use (copied into models/sencache)")
