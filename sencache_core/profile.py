@@ -52,14 +52,12 @@ class SensitivityProfile:
 
     def __post_init__(self):
         n = len(np.atleast_1d(self.sigmas))
-        for name in ARRAYS:
+        defaults = {"alpha_x_hi": lambda: self.alpha_x, "alpha_t_hi": lambda: self.alpha_t,   # percentile = mean
+                    "alpha_x_std": lambda: np.zeros(n), "alpha_t_std": lambda: np.zeros(n),
+                    "dx_per_sigma": lambda: np.zeros(n), "counts": lambda: np.ones(n)}
+        for name in ARRAYS:   # order matters: alpha_x/alpha_t are converted before their percentile defaults
             v = getattr(self, name)
-            if v is None:
-                v = np.zeros(n) if name in ("alpha_x_std", "alpha_t_std", "dx_per_sigma") else (
-                    np.ones(n) if name == "counts" else None)
-                if v is None:   # high percentile defaults to the mean
-                    v = getattr(self, name.replace("_hi", ""))
-            setattr(self, name, np.asarray(v, dtype=np.float64).reshape(-1))
+            setattr(self, name, np.asarray(defaults[name]() if v is None else v, dtype=np.float64).reshape(-1))
         self.metadata = dict(self.metadata)
         self.metadata.setdefault("format_version", FORMAT_VERSION)
         self.metadata.setdefault("units", UNITS)
