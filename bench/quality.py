@@ -507,7 +507,10 @@ def run_config(config_name: str, args, sc, info_base: dict) -> pathlib.Path:
     bench = Bench(cfg, snap, sc, log, use_vgg)
     N = cfg["steps"]
     budgets = budgets_for(N, args.fractions)
-    methods = [m for m in METHODS if (SHORT[m] in args.methods if args.methods else m not in OPTIONAL_METHODS)]
+    if args.methods == ["all"]:
+        methods = list(METHODS)
+    else:
+        methods = [m for m in METHODS if (SHORT[m] in args.methods if args.methods else m not in OPTIONAL_METHODS)]
     if BASELINE not in methods:
         methods.insert(0, BASELINE)
     bench.calibrate(calibration_samples(args.calibration_samples), budgets)
@@ -558,7 +561,8 @@ def main(argv=None):
     ap.add_argument("--calibration-samples", type=int, default=4)
     ap.add_argument("--timing-samples", type=int, default=2)
     ap.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
-    ap.add_argument("--methods", nargs="*", default=None, help="short names: " + " ".join(SHORT.values()))
+    ap.add_argument("--methods", nargs="*", default=None, help="'all', or short names: " + " ".join(SHORT.values()) + " (default: all but "
+                    + ", ".join(SHORT[m] for m in OPTIONAL_METHODS) + ")")
     ap.add_argument("--steps", type=int, default=None, help="override the config's step count (smoke tests)")
     ap.add_argument("--weights", default=str(C.WEIGHTS))
     ap.add_argument("--out", default=str(OUT))
