@@ -416,7 +416,12 @@ def write_report(path_md: pathlib.Path, config_name: str, cfg: dict, info: dict,
             ds = "—" if name == BASELINE else _fmt(d["ssim"][0], d["ssim"][1], 4)
             L.append(f"| {name} | {r['matched']}/{r['n']} | {_fmt(*r['psnr'][:2])} | {_fmt(*r['ssim'][:2], digits=4)} | "
                      f"{_fmt(*r['vgg'][:2], digits=4)} | {dd} | {ds} | {_fmt(*r['seconds'][:2])} | {_fmt(*r['cpu_seconds'][:2])} | {sp} |")
-        un = [(n, r["unmatched"]) for n, r in table[B].items() if r["unmatched"]]
+        na = [n for n, r in table[B].items() if r["unmatched"] and all(e is None for _, _, e in r["unmatched"])
+              and len(r["unmatched"]) == r["n"]]
+        un = [(n, r["unmatched"]) for n, r in table[B].items() if r["unmatched"] and n not in na]
+        if na:
+            L.append("")
+            L.append("Not defined at this budget (N is not a multiple of B): " + ", ".join(na) + ".")
         if un:
             L.append("")
             L.append("Unmatched (excluded from that row's means): " + "; ".join(
