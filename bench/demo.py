@@ -64,7 +64,13 @@ class Runner:
     def __init__(self):
         import execution
         import nodes
-        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)          # core nodes that need torchaudio fail to import here: not ours to report
+        try:
+            asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+        finally:
+            root.setLevel(level)
         self.server = DummyServer()
         self.executor = execution.PromptExecutor(self.server, cache_type=execution.CacheType.NONE,
                                                  cache_args={"lru": 0, "ram": 0})
@@ -177,8 +183,8 @@ def main(argv=None):
     ap.add_argument("--eps-main", type=float, default=None, help="SenCache eps_main (default: the node's default)")
     ap.add_argument("--eps-start", type=float, default=None)
     ap.add_argument("--max-consecutive", type=int, default=None)
-    ap.add_argument("--reuse-mode", default="output_minus_input", choices=("output", "output_minus_input"),
-                    help="default output_minus_input: the better mode in results/quality/ on this model")
+    ap.add_argument("--reuse-mode", default=None, choices=("output", "output_minus_input"),
+                    help="default: the node's default (output; the better mode at the template settings in results/quality/)")
     ap.add_argument("--target-speedup", type=float, default=2.0,
                     help="SenCache target_speedup input (> 0: ε derived per run for about steps/target evaluations)")
     ap.add_argument("--weights", default=str(C.WEIGHTS))
