@@ -94,8 +94,9 @@ def save_weights(ema_sd: dict, meta: dict, path: pathlib.Path):
 
 
 SAMPLE_PROMPTS = ("red circle and blue square on green", "yellow triangle on purple", "white square on black",
-                  "orange circle and cyan triangle on blue", "green triangle and red square on white",
-                  "purple circle on yellow")
+                  "orange circle and cyan triangle on blue")
+SAMPLE_SETTINGS = (dict(sampler_name="uni_pc", shift=8.0, cfg=6.0),              # ComfyUI's Wan template
+                   dict(sampler_name="euler_ancestral", shift=3.0, cfg=1.0))
 
 
 def comfy_sample(model_patcher, prompts, seed=0, steps=30, cfg=6.0, sampler_name="uni_pc", scheduler="simple",
@@ -136,12 +137,14 @@ def write_sample_grid(weights: str, out_png: str, seed: int = 0):
     with safe_open(weights, "pt") as f:
         meta = f.metadata()
     t0 = time.time()
-    lat = comfy_sample(mp, SAMPLE_PROMPTS, seed=seed)
-    secs = time.time() - t0
-    frames = data.decode_latent(comfy.latent_formats.Wan21().process_in(lat))          # [N, T, 3, 32, 32]
     ref_spec, ref_clip = data.sample_pair(np.random.default_rng(12345))
     rows = [(f"training data example: {ref_spec.text()}", torch.from_numpy(ref_clip))]
-    rows += [(f"sample: {p}", fr) for p, fr in zip(SAMPLE_PROMPTS, frames)]
+    for st in SAMPLE_SETTINGS:
+        lat = comfy_sample(mp, SAMPLE_PROMPTS, seed=seed, steps=30, scheduler="simple", **st)
+        frames = data.decode_latent(comfy.latent_formats.Wan21().process_in(lat))      # [N, T, 3, 32, 32]
+        how = f"{st['sampler_name']}, shift {st['shift']:g}, cfg {st['cfg']:g}"
+        rows += [(f"{p}   [{how}, seed {seed + i}]", fr) for i, (p, fr) in enumerate(zip(SAMPLE_PROMPTS, frames))]
+    secs = time.time() - t0
     T, S, gap = data.NUM_FRAMES, data.FRAME_SIZE, 2
     fig, axes = plt.subplots(len(rows), 1, figsize=(8, len(rows) * 1.25))
     for ax, (title, clip) in zip(axes, rows):
@@ -152,12 +155,12 @@ def write_sample_grid(weights: str, out_png: str, seed: int = 0):
         ax.set_title(title, fontsize=9, loc="left")
         ax.axis("off")
     fig.suptitle(f"SenCache demo model ({kind}), step {meta.get('steps')}, train loss {meta.get('loss')}\n"
-                 f"ComfyUI sampler: uni_pc, simple, 30 steps, cfg 6, ModelSamplingSD3 shift 8, seeds {seed}.."
-                 f"{seed + len(SAMPLE_PROMPTS) - 1}; frames 0-7 left to right", fontsize=9)
+                 f"ComfyUI sampler, scheduler simple, 30 steps, ModelSamplingSD3 shift; frames 0-7 left to right",
+                 fontsize=9)
     fig.tight_layout()
     pathlib.Path(out_png).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=100)
-    print(f"{kind}: sampled {len(SAMPLE_PROMPTS)} prompts in {secs:.1f} s -> {out_png}")
+    print(f"{kind}: sampled {len(SAMPLE_PROMPTS)} prompts x {len(SAMPLE_SETTINGS)} settings in {secs:.1f} s -> {out_png}")
 
 
 def main(argv=None):
