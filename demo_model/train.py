@@ -80,8 +80,13 @@ def sample_t(g: torch.Generator, n: int, shift: float) -> torch.Tensor:
     return t.clamp(1e-4, 1.0)
 
 
-def lr_at(step: int, lr: float, warmup: int) -> float:
-    return lr * min(1.0, (step + 1) / warmup)
+def lr_at(step: int, lr: float, warmup: int, start: int = 0, anneal_to: int | None = None) -> float:
+    """Linear warm-up over `warmup` steps counted from `start`; then constant, or, with `anneal_to`, a linear decay
+    to lr/10 at step `anneal_to`."""
+    value = lr * min(1.0, (step - start + 1) / warmup)
+    if anneal_to is not None and anneal_to > start:
+        value *= 1.0 - 0.9 * min(1.0, max(0.0, (step - start) / (anneal_to - start)))
+    return value
 
 
 def save_weights(ema_sd: dict, meta: dict, path: pathlib.Path):
@@ -178,6 +183,11 @@ def main(argv=None):
     ap.add_argument("--stop-at", type=float, default=None, help="unix time: save and stop at the next step past it")
     ap.add_argument("--weights", default=str(WEIGHTS))
     ap.add_argument("--state", default=str(STATE))
+    ap.add_argument("--init-from", default=None, metavar="SAFETENSORS",
+                    help="start a new phase from saved EMA weights (fresh optimizer, warm-up again; step count taken "
+                         "from the file's metadata) when no --state exists, e.g. after the state file was lost")
+    ap.add_argument("--anneal", action="store_true",
+                    help="decay the learning rate linearly to lr/10 at --steps (instead of keeping it constant)")
     ap.add_argument("--samples", default=None, metavar="PNG",
                     help="do not train: load --weights via ComfyUI, sample, write a picture grid to PNG")
     args = ap.parse_args(argv)
@@ -203,6 +213,20 @@ def main(argv=None):
         opt.load_state_dict(st["opt"])
         step, elapsed, loss_avg, history = st["step"], st["elapsed"], st["loss_avg"], st["history"]
         print(f"resumed from {state_path} at step {step} ({elapsed / 60:.1f} min so far)", flush=True)
+    elif args.init_from:
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+        sd = load_file(args.init_from)
+        with safe_open(args.init_from, "pt") as f:
+            meta = f.metadata() or {}
+        model.load_state_dict(sd)
+        ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        step = int(meta.get("steps", 0))
+        elapsed = float(meta.get("train_minutes", 0.0)) * 60.0
+        loss_avg = float(meta["loss"]) if "loss" in meta else None
+        print(f"new phase from {args.init_from} (step {step}): fresh optimizer, warm-up {args.warmup}", flush=True)
+    # the step where the current training phase began (warm-up and --anneal are counted from there)
+    phase_start = st.get("phase_start", 0) if state_path.exists() else step
     n_params = sum(p.numel() for p in model.parameters())
     print(f"WanModel {n_params / 1e6:.2f} M params; batch {args.batch}; lr {args.lr}; threads {args.threads}", flush=True)
 
@@ -221,7 +245,8 @@ def main(argv=None):
         state_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = state_path.with_suffix(".tmp")
         torch.save(dict(model=model.state_dict(), ema=ema, opt=opt.state_dict(), step=step, elapsed=elapsed,
-                        loss_avg=loss_avg, history=history, args=vars(args)), tmp)
+                        loss_avg=loss_avg, history=history, args=vars(args),
+                        phase_start=phase_start), tmp)
         os.replace(tmp, state_path)
         print(f"checkpoint step {step} loss {loss_avg:.4f} -> {args.weights}", flush=True)
 
@@ -245,7 +270,7 @@ def main(argv=None):
         v = model(xt, t * 1000.0, ctx)
         loss = torch.nn.functional.mse_loss(v, eps - x0)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, args.lr, args.warmup)
+            group["lr"] = lr_at(step, args.lr, args.warmup, phase_start, args.steps if args.anneal else None)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
