@@ -13,6 +13,7 @@ so cond and uncond follow one decision whether they arrive batched or separately
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -23,14 +24,15 @@ import comfy.patcher_extension as pe
 DM = pe.WrappersMP.DIFFUSION_MODEL
 
 
+@functools.cache
+def _find_transformer_options():
+    from bench.common import pack_namespace
+    return pack_namespace().runtime.find_transformer_options
+
+
 def _to(args, kwargs) -> dict:
-    to = kwargs.get("transformer_options")
-    if isinstance(to, dict):
-        return to
-    for a in reversed(args):
-        if isinstance(a, dict):
-            return a
-    return {}
+    """The wrapped call's transformer_options, found the way the pack's own wrappers find them."""
+    return _find_transformer_options()(args, kwargs) or {}
 
 
 def _step_index(to: dict) -> tuple[int, int]:

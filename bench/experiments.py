@@ -1,0 +1,214 @@
+"""Issue-4 experiments: variants of SenCache's policy on the quality benchmark, at exactly equal evaluation counts.
+
+    .dev/venv/bin/python -m bench.experiments --config wan_template --samples 8
+
+Each variant is the pack's SenCache node code with one thing changed (the table at the top of the report says
+what); every variant gets the same per-sample threshold search as the benchmark (bench/quality.py match_budgets),
+so all rows use exactly the same number of model evaluations per sample. Variants that need code the pack does not
+have (step-size-weighted ε, first-order extrapolation) are implemented here, as subclasses of the pack's RunState /
+ReusePolicy, so that a losing idea never reaches the pack. Writes results/experiments/<config>.md and .json.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import pathlib
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench import common as C  # noqa: E402
+from bench import quality as Q  # noqa: E402
+
+OUT = REPO / "results" / "experiments"
+
+# name -> (what it changes, settings overrides); K None = the benchmark's budget-derived K (bench/methods.sencache_k)
+VARIANTS = {
+    "SenCache (output)": ("benchmark setting: ε_start = 0.2·ε_main, ε switch at 20 %, K from the budget (3, 3, 4), mean α", {}),
+    "SenCache K=2": ("K = 2 at every budget", {"K": 2}),
+    "SenCache K=6": ("K = 6 at every budget", {"K": 6}),
+    "SenCache no ε_start": ("ε_start = ε_main (no stricter early phase)", {"eps_ratio": 1.0}),
+    "SenCache p90 α": ("the profile's 90th-percentile α instead of the mean", {"high_percentile": True}),
+    "SenCache step-weighted ε": ("ε(σ) scaled by mean step / this step (Δσ to the next σ): the error a reused output "
+                                 "injects into the latent is ~ step size × output error", {"step_weighted": True}),
+    "SenCache extrapolated": ("reuse f(σ_r) + (σ − σ_r)·(f(σ_r) − f(σ_r'))/(σ_r − σ_r') from the last two computed "
+                              "outputs instead of f(σ_r)", {"mode": "extrapolate"}),
+    "SenCache K tight": ("K = the smallest K with which the budget is reachable (2, 3, 4 at 50/33/25 %)", {"K": "tight"}),
+    "SenCache K tight + p90 α": ("both of the above", {"K": "tight", "high_percentile": True}),
+    "SenCache ε_start 0.1": ("ε_start = 0.1·ε_main (stricter early phase)", {"eps_ratio": 0.1}),
+    "SenCache switch 35 %": ("ε_start until 35 % of the schedule instead of 20 %", {"switch": 0.35}),
+    "SenCache K tight + ε_start 0.1": ("K tight and ε_start = 0.1·ε_main", {"K": "tight", "eps_ratio": 0.1}),
+    "SenCache (output-input)": ("reuse f − x (EasyCache's choice; the node's other reuse mode)", {"mode": "output_minus_input"}),
+}
+ANCHORS = ("Fixed interval (output)", "Fewer steps (shift 8)")
+
+
+def _install_experimental_runtime(sc):
+    """Subclass the pack's RunState (only in this process) for the two variants the pack does not implement."""
+    R = sc.runtime
+    from sencache_core.policy import ReusePolicy
+
+    @dataclasses.dataclass(frozen=True)
+    class StepWeightedPolicy(ReusePolicy):
+        sigmas: tuple = ()
+
+        def eps_at(self, sigma: float) -> float:
+            base = super().eps_at(sigma)
+            s = [v for v in self.sigmas]
+            steps = [s[i] - s[i + 1] for i in range(len(s) - 1)]
+            i = min(range(len(steps)), key=lambda j: abs(s[j] - sigma))
+            return base * (float(np.mean(steps)) / max(steps[i], 1e-12))
+
+    class ExpRunState(R.RunState):
+        def __init__(self, holder, model_sampling, sample_sigmas):
+            super().__init__(holder, model_sampling, sample_sigmas)
+            if getattr(holder.settings, "step_weighted", False):
+                fields = {f.name: getattr(self.policy, f.name) for f in dataclasses.fields(ReusePolicy)}
+                self.policy = StepWeightedPolicy(**fields, sigmas=tuple(float(v) for v in sample_sigmas.flatten()))
+            self.hist: dict = {}    # (stream key, cond key) -> (σ_r', f(σ_r'), σ_r)
+
+        def before_call(self, x, transformer_options):
+            out = super().before_call(x, transformer_options)
+            if out is None or self.mode != "extrapolate":
+                return out
+            sigma = float(transformer_options["sigmas"].flatten()[0])
+            keys = list(transformer_options.get("uuids") or [None])
+            stream = self.streams[None]
+            parts = []
+            for i, k in enumerate(keys):
+                f1 = stream.cache[k]
+                s0, f0, s1 = self.hist.get(k, (None, None, None))
+                if f0 is None or s0 is None or abs(s1 - s0) < 1e-12 or f0.shape != f1.shape:
+                    parts.append(f1)
+                else:
+                    parts.append(f1 + (sigma - s1) / (s1 - s0) * (f1 - f0))
+            return torch.cat(parts, dim=0)
+
+        def after_call(self, x, out):
+            stream, record, keys = self._pending[0], self._pending[1], self._pending[2]
+            old = {k: (stream.cache.get(k), self.hist.get(k, (None, None, None))[2]) for k in keys}
+            super().after_call(x, out)
+            for k in keys:
+                f_old, s_old = old[k]
+                self.hist[k] = (s_old, f_old, record.sigma)
+
+    R.RunState = ExpRunState
+
+
+class ExpBench(Q.Bench):
+    def calibrate_profile(self, cal):
+        profs = []
+        for text, seed in cal:
+            pos, neg = C.conds(text)
+            with torch.inference_mode():
+                _, prof = self.sc.calibrate.calibrate(self.model, pos, neg, {"samples": C.empty_latent()}, seed, self.N,
+                                                      self.cfg["cfg"], self.cfg["sampler"], self.cfg["scheduler"], 1)
+            profs.append(prof)
+        self.profile = self.sc.core.merge_profiles(profs) if len(profs) > 1 else profs[0]
+        self.counter.clear_memo()
+
+    def make(self, name, B, p=None):
+        from bench import methods as M
+        if name in VARIANTS:
+            o = VARIANTS[name][1]
+            ratio = o.get("eps_ratio", 0.2)
+            K = o.get("K") or M.sencache_k(self.N, B)
+            if K == "tight":
+                K = M.k_for_budget(self.N, B, {0, self.N - 1}, 1)
+            base = dict(eps_start=ratio * p, eps_main=p, max_consecutive=K, reuse_mode=o.get("mode", "output"),
+                        high_percentile=o.get("high_percentile", False), eps_switch_percent=o.get("switch", 0.2))
+            S = self.sc.runtime.SenCacheSettings
+            if o.get("step_weighted"):
+                S = dataclasses.make_dataclass("StepWeightedSettings", [("step_weighted", bool, True)], bases=(S,))
+            st = S(**base)
+            if o.get("mode") == "extrapolate":
+                # apply_sencache validates reuse_mode: build with "output", then switch the mode on the holder
+                st = dataclasses.replace(st, reuse_mode="output")
+                model = self.sc.apply.apply_sencache(self.model, self.profile, st)[0]
+                holder = model.model_options["transformer_options"][self.sc.runtime.KEY]
+                holder.settings = dataclasses.replace(holder.settings, reuse_mode="extrapolate")
+                return model, self.N
+            return self.sc.apply.apply_sencache(self.model, self.profile, st)[0], self.N
+        return super().make(name, B, p)
+
+    @staticmethod
+    def adaptive(name):
+        return name in VARIANTS
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="wan_template")
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--calibration-samples", type=int, default=4)
+    ap.add_argument("--variants", nargs="*", default=None, help="names from VARIANTS (default: all)")
+    ap.add_argument("--weights", default=str(C.WEIGHTS))
+    ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--tag", default="", help="suffix of the output file names")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    command = "python -m bench.experiments " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    torch.set_num_threads(args.threads)
+    import logging
+    logging.getLogger().setLevel(logging.WARNING)
+    nodes, sc, _ = C.boot(weights=args.weights)
+    logging.getLogger().setLevel(logging.WARNING)
+    _install_experimental_runtime(sc)
+    t0 = time.perf_counter()
+    snap = pathlib.Path(tempfile.mkdtemp(prefix="sencache_w_")) / pathlib.Path(args.weights).name
+    shutil.copy2(args.weights, snap)
+    winfo = C.weights_info(snap)
+    cfg = Q.CONFIGS[args.config]
+    bench = ExpBench(cfg, snap, sc, print, use_vgg=False)
+    budgets = Q.budgets_for(cfg["steps"])
+    variants = [v for v in VARIANTS if args.variants is None or v in args.variants]
+    if Q.BASELINE not in variants:
+        variants.insert(0, Q.BASELINE)
+    methods = variants + list(ANCHORS)
+    bench.calibrate_profile(Q.calibration_samples(args.calibration_samples))
+    results, priors = [], {}
+    for i, (text, seed) in enumerate(Q.test_samples(args.samples)):
+        ts = time.perf_counter()
+        results.append(bench.run_sample(text, seed, budgets, methods, priors))
+        print(f"  sample {i + 1}/{args.samples} '{text}' seed {seed}: {time.perf_counter() - ts:.1f} s", flush=True)
+    table = Q.summarise(results, methods, budgets, None)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = args.config + (f"_{args.tag}" if args.tag else "")
+    lines = [f"# SenCache variants on `{args.config}` ({cfg})", "",
+             f"Command: `{command}`  ", f"Weights: {winfo.get('training_steps')} training steps, sha256 {winfo.get('sha256', '')[:8]}; "
+             f"{args.samples} test samples; {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
+             f"{(time.perf_counter() - t0) / 60:.1f} min.", "",
+             "PSNR (dB) against the uncached run of the same sample, mean ± SE over samples matched at exactly the budget; "
+             "Δ = paired difference vs the first row (positive = better than the benchmark's SenCache setting). "
+             "SSIM is given for the record; VGG distance is off here (CPU time).", "",
+             "| variant | what changes |", "|---|---|"]
+    lines += [f"| {v} | {VARIANTS[v][0]} |" for v in variants]
+    for B in budgets:
+        lines += ["", f"## {B} of {cfg['steps']} evaluations", "",
+                  "| method | matched | PSNR | ΔPSNR vs SenCache (output) | SSIM |", "|---|---|---|---|---|"]
+        for m in methods:
+            r = table[B][m]
+            lines.append(f"| {m} | {r['matched']}/{r['n']} | {Q._fmt(*r['psnr'][:2])} | "
+                         f"{Q._fmt(*r['vs_baseline']['psnr'][:2])} | {Q._fmt(*r['ssim'][:2], digits=4)} |")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    with open(out / f"{name}.json", "w") as f:
+        json.dump({"config": cfg, "weights": winfo, "variants": {v: VARIANTS[v][0] for v in variants},
+                   "results": Q._jsonable(results), "table": Q._jsonable(table)}, f, indent=1)
+    print("\n".join(lines))
+    print(f"-> {out / (name + '.md')}")
+
+
+if __name__ == "__main__":
+    main()
