@@ -21,6 +21,8 @@ import torch
 
 import comfy.patcher_extension as pe
 
+from sencache_core.budget import k_for_budget, min_evaluations  # noqa: F401  (pure; shared with the pack)
+
 DM = pe.WrappersMP.DIFFUSION_MODEL
 
 
@@ -234,30 +236,11 @@ def apply_lazycache(model, threshold: float, start_percent: float = 0.15, end_pe
     return LazyCacheNode.execute(model, threshold, start_percent, end_percent, False).args[0]
 
 
-def min_evaluations(n: int, K: int, forced: set) -> int:
-    """Fewest evaluations a rule with at most K reuses in a row can reach over n steps when `forced` steps are always
-    computed (every other step reused whenever allowed)."""
-    c, run = 0, 0
-    for i in range(n):
-        if i in forced or run >= K:
-            c, run = c + 1, 0
-        else:
-            run += 1
-    return c
-
-
-def k_for_budget(n: int, budget: int, forced: set, floor: int) -> int:
-    """The smallest K ≥ floor (the method's own default) with which the budget is reachable with room to spare
-    (min_evaluations ≤ budget − 1), so the threshold, not K alone, decides which steps are reused."""
-    K = floor
-    while K < n and min_evaluations(n, K, forced) > budget - 1:
-        K += 1
-    return K
-
-
 def sencache_k(n: int, budget: int) -> int:
-    """SenCache: first step and the protected final step always computed; floor K = 3 (reference README default)."""
-    return k_for_budget(n, budget, {0, n - 1}, 3)
+    """SenCache: first step and the protected final step always computed; the smallest K that can reach the budget
+    (what the node's target_speedup mode chooses when its K input allows it; results/experiments: at 1/2 of the
+    steps K = 2 beat the reference README's K = 3 by 2.6 ± 0.5 dB, identical elsewhere)."""
+    return k_for_budget(n, budget, {0, n - 1}, 1)
 
 
 MAGCACHE_RETENTION = 0.1

@@ -51,7 +51,8 @@ class SenCache(io.ComfyNode):
                 io.Float.Input("target_speedup", default=0.0, min=0.0, max=20.0, step=0.05, optional=True,
                                tooltip="Budget mode: if > 0, ε is derived per run from the profile so the run computes about "
                                        "steps / target_speedup model evaluations (eps_start keeps its ratio to eps_main; the "
-                                       "ε values above are then ignored). 0 = use the ε values as given."),
+                                       "ε values above are then ignored), and K is lowered to the smallest value that can "
+                                       "reach that count (never above max_consecutive_reuse). 0 = use the ε values as given."),
             ],
             outputs=[io.Model.Output(tooltip="The model with SenCache attached (connect it to a KSampler).")],
             hidden=[io.Hidden.unique_id],

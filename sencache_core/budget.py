@@ -57,6 +57,27 @@ def eps_for_budget(policy: ReusePolicy, sigmas: list[float], target_computed: in
     return hi, count(hi)
 
 
+def min_evaluations(n: int, K: int, forced: set) -> int:
+    """Fewest evaluations a rule with at most K reuses in a row can reach over n steps when the steps in `forced`
+    (indices) are always computed, i.e. when every other step is reused whenever K allows."""
+    c, run = 0, 0
+    for i in range(n):
+        if i in forced or run >= K:
+            c, run = c + 1, 0
+        else:
+            run += 1
+    return c
+
+
+def k_for_budget(n: int, budget: int, forced: set, floor: int = 1) -> int:
+    """The smallest K ≥ floor with which `budget` evaluations of n are reachable with one to spare
+    (min_evaluations ≤ budget − 1), so that ε, not K alone, decides which steps are reused."""
+    K = floor
+    while K < n and min_evaluations(n, K, forced) > budget - 1:
+        K += 1
+    return K
+
+
 def target_from_speedup(n_steps: int, speedup: float) -> int:
     """Evaluations to compute for a requested speed-up over n_steps (at least 1)."""
     return max(1, int(math.ceil(n_steps / max(speedup, 1.0) - 1e-9)))

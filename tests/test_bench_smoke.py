@@ -61,14 +61,10 @@ def test_budget_search_and_k_rules():
     assert set(found) == {15, 10, 8} and all(pts[p][0] == b for b, p in found.items())
 
 
-def test_k_rules():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("m", REPO / "bench" / "methods.py")
-    src = (REPO / "bench" / "methods.py").read_text()
-    ns = {}
-    exec(src[src.index("def min_evaluations"):], ns)
-    assert [ns["sencache_k"](30, b) for b in (15, 10, 8)] == [3, 3, 4]
-    assert [ns["magcache_k"](30, b) for b in (15, 10, 8)] == [2, 3, 5]
+def test_k_rules(host):
+    from bench import methods as M
+    assert [M.sencache_k(30, b) for b in (15, 10, 8)] == [2, 3, 4]
+    assert [M.magcache_k(30, b) for b in (15, 10, 8)] == [2, 3, 5]
 
 
 def test_demo_smoke(host, demo_weights, tmp_path):

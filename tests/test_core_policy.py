@@ -191,3 +191,17 @@ def test_budget_simulation_is_monotone_and_hits_reachable_targets():
         assert got <= target and simulate_computed(ReusePolicy(prof, eps * 0.5, eps, 3), sig) == got
         assert simulate_computed(ReusePolicy(prof, eps * 0.5 * 0.9, eps * 0.9, 3), sig) > target   # smallest such ε
     assert target_from_speedup(30, 0.5) == 30 and target_from_speedup(30, 3.0) == 10
+
+
+def test_k_for_budget_is_the_smallest_k_that_reaches_the_budget():
+    from sencache_core.budget import k_for_budget, min_evaluations
+    forced = {0, 29}
+    # K = 1: steps 0, 2, ..., 28 and the protected 29 = 16; K = 2: 0, 3, ..., 27 and 29 = 11; K = 3: 9; K = 4: 7
+    assert [min_evaluations(30, k, forced) for k in (0, 1, 2, 3, 4)] == [30, 16, 11, 9, 7]
+    assert [k_for_budget(30, b, forced) for b in (15, 10, 8)] == [2, 3, 4]
+    assert k_for_budget(30, 8, forced, floor=5) == 5
+    for n in range(2, 40):
+        for b in range(1, n + 1):
+            k = k_for_budget(n, b, {0, n - 1})
+            assert k == n or min_evaluations(n, k, {0, n - 1}) <= b - 1
+            assert k == 1 or min_evaluations(n, k - 1, {0, n - 1}) > b - 1

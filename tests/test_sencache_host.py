@@ -324,13 +324,21 @@ def test_cogvideox_call_convention_stand_in(sc, wan_profile):
 
 def test_budget_mode_derives_eps_for_a_target_speedup(sc, wan, conds, wan_profile):
     counts = {}
-    for speed in (1.0, 2.0, 2.5):
-        m, holder = patched(sc, wan, wan_profile, eps=0.1, eps_start=0.05, target_speedup=speed)
+    for speed, k_in in ((1.0, 3), (2.0, 3), (2.5, 3), (2.51, 2)):
+        m, holder = patched(sc, wan, wan_profile, eps=0.1, eps_start=0.05, k=k_in, target_speedup=speed)
         sampling.sample(m, *conds, sampling.wan_latent(), seed=21, steps=8)
         tr = holder.last_trace
         b = tr.config["budget"]
         assert b["target_computed"] == math.ceil(8 / speed) and b["simulated_computed"] <= b["target_computed"]
         assert tr.config["eps_start"] == pytest.approx(0.5 * tr.config["eps_main"])
         assert all(s.eps in (tr.config["eps_start"], tr.config["eps_main"]) for s in tr.steps)
+        # K for the target: the smallest that can reach it (8 steps, first + final computed), capped by the K input
+        # (min evaluations over 8 steps for K = 0..3: 8, 5, 4, 3; targets 8, 4, 4, 4)
+        assert b["max_consecutive"] == tr.config["max_consecutive"] == {1.0: 1, 2.0: 3, 2.5: 3, 2.51: 2}[speed]
+        run = longest = 0
+        for s in tr.steps:
+            run = run + 1 if s.reuse else 0
+            longest = max(longest, run)
+        assert longest <= b["max_consecutive"]
         counts[speed] = tr.computed
     assert counts[1.0] == 8 and counts[2.5] <= counts[2.0] < 8
