@@ -35,7 +35,7 @@ OUT = REPO / "results" / "experiments"
 
 # name -> (what it changes, settings overrides); K None = the benchmark's budget-derived K (bench/methods.sencache_k)
 VARIANTS = {
-    "SenCache (output)": ("benchmark setting: ε_start = 0.2·ε_main, ε switch at 20 %, K from the budget (3, 3, 4), mean α", {}),
+    "SenCache (output)": ("benchmark setting: ε_start = 0.2·ε_main, ε switch at 20 %, K = the smallest K that can reach the budget (2, 3, 4; rounds 1–2 used 3, 3, 4), mean α, 4 calibration runs", {}),
     "SenCache K=2": ("K = 2 at every budget", {"K": 2}),
     "SenCache K=6": ("K = 6 at every budget", {"K": 6}),
     "SenCache no ε_start": ("ε_start = ε_main (no stricter early phase)", {"eps_ratio": 1.0}),
@@ -49,6 +49,11 @@ VARIANTS = {
     "SenCache ε_start 0.1": ("ε_start = 0.1·ε_main (stricter early phase)", {"eps_ratio": 0.1}),
     "SenCache switch 35 %": ("ε_start until 35 % of the schedule instead of 20 %", {"switch": 0.35}),
     "SenCache K tight + ε_start 0.1": ("K tight and ε_start = 0.1·ε_main", {"K": "tight", "eps_ratio": 0.1}),
+    "SenCache profile 1 run": ("profile from 1 calibration run instead of 4", {"profile": {"runs": 1}}),
+    "SenCache profile euler": ("profile calibrated with the euler sampler, used under this config's sampler",
+                               {"profile": {"sampler": "euler"}}),
+    "SenCache profile 50 steps": ("profile calibrated at 50 steps, used at this config's step count", {"profile": {"steps": 50}}),
+    "SenCache profile 15 steps": ("profile calibrated at 15 steps, used at this config's step count", {"profile": {"steps": 15}}),
     "SenCache (output-input)": ("reuse f − x (EasyCache's choice; the node's other reuse mode)", {"mode": "output_minus_input"}),
 }
 ANCHORS = ("Fixed interval (output)", "Fewer steps (shift 8)")
@@ -107,16 +112,20 @@ def _install_experimental_runtime(sc):
 
 
 class ExpBench(Q.Bench):
-    def calibrate_profile(self, cal):
+    def calibrate_profile(self, cal, spec: dict | None = None):
+        """The profile as the benchmark makes it (one on-trajectory run per calibration sample, merged), or with
+        spec's runs / sampler / steps changed."""
+        spec = spec or {}
         profs = []
-        for text, seed in cal:
+        for text, seed in cal[:spec.get("runs", len(cal))]:
             pos, neg = C.conds(text)
             with torch.inference_mode():
-                _, prof = self.sc.calibrate.calibrate(self.model, pos, neg, {"samples": C.empty_latent()}, seed, self.N,
-                                                      self.cfg["cfg"], self.cfg["sampler"], self.cfg["scheduler"], 1)
+                _, prof = self.sc.calibrate.calibrate(self.model, pos, neg, {"samples": C.empty_latent()}, seed,
+                                                      spec.get("steps", self.N), self.cfg["cfg"],
+                                                      spec.get("sampler", self.cfg["sampler"]), self.cfg["scheduler"], 1)
             profs.append(prof)
-        self.profile = self.sc.core.merge_profiles(profs) if len(profs) > 1 else profs[0]
         self.counter.clear_memo()
+        return self.sc.core.merge_profiles(profs) if len(profs) > 1 else profs[0]
 
     def make(self, name, B, p=None):
         from bench import methods as M
@@ -132,14 +141,15 @@ class ExpBench(Q.Bench):
             if o.get("step_weighted"):
                 S = dataclasses.make_dataclass("StepWeightedSettings", [("step_weighted", bool, True)], bases=(S,))
             st = S(**base)
+            profile = self.profiles[name] if name in self.profiles else self.profile
             if o.get("mode") == "extrapolate":
                 # apply_sencache validates reuse_mode: build with "output", then switch the mode on the holder
                 st = dataclasses.replace(st, reuse_mode="output")
-                model = self.sc.apply.apply_sencache(self.model, self.profile, st)[0]
+                model = self.sc.apply.apply_sencache(self.model, profile, st)[0]
                 holder = model.model_options["transformer_options"][self.sc.runtime.KEY]
                 holder.settings = dataclasses.replace(holder.settings, reuse_mode="extrapolate")
                 return model, self.N
-            return self.sc.apply.apply_sencache(self.model, self.profile, st)[0], self.N
+            return self.sc.apply.apply_sencache(self.model, profile, st)[0], self.N
         return super().make(name, B, p)
 
     @staticmethod
@@ -176,7 +186,10 @@ def main(argv=None):
     if Q.BASELINE not in variants:
         variants.insert(0, Q.BASELINE)
     methods = variants + list(ANCHORS)
-    bench.calibrate_profile(Q.calibration_samples(args.calibration_samples))
+    cal = Q.calibration_samples(args.calibration_samples)
+    bench.profile = bench.calibrate_profile(cal)
+    bench.profiles = {v: bench.calibrate_profile(cal, VARIANTS[v][1]["profile"]) for v in variants
+                      if "profile" in VARIANTS[v][1]}
     results, priors = [], {}
     for i, (text, seed) in enumerate(Q.test_samples(args.samples)):
         ts = time.perf_counter()
