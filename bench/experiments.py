@@ -49,6 +49,9 @@ VARIANTS = {
     "SenCache ε_start 0.1": ("ε_start = 0.1·ε_main (stricter early phase)", {"eps_ratio": 0.1}),
     "SenCache switch 35 %": ("ε_start until 35 % of the schedule instead of 20 %", {"switch": 0.35}),
     "SenCache K tight + ε_start 0.1": ("K tight and ε_start = 0.1·ε_main", {"K": "tight", "eps_ratio": 0.1}),
+    "SenCache online α": ("per-sample online correction: at each refresh after reuse, the observed RMS change of the "
+                          "output (new − cached, cond) over the predicted S updates a running factor (geometric mean, "
+                          "clamped to [1/4, 4]) that multiplies α for the rest of the run", {"online": True}),
     "SenCache profile 1 run": ("profile from 1 calibration run instead of 4", {"profile": {"runs": 1}}),
     "SenCache profile euler": ("profile calibrated with the euler sampler, used under this config's sampler",
                                {"profile": {"sampler": "euler"}}),
@@ -82,6 +85,8 @@ def _install_experimental_runtime(sc):
                 fields = {f.name: getattr(self.policy, f.name) for f in dataclasses.fields(ReusePolicy)}
                 self.policy = StepWeightedPolicy(**fields, sigmas=tuple(float(v) for v in sample_sigmas.flatten()))
             self.hist: dict = {}    # (stream key, cond key) -> (σ_r', f(σ_r'), σ_r)
+            self.online = getattr(holder.settings, "online", False)
+            self.log_ratios: list = []
 
         def before_call(self, x, transformer_options):
             out = super().before_call(x, transformer_options)
@@ -104,6 +109,16 @@ def _install_experimental_runtime(sc):
             stream, record, keys = self._pending[0], self._pending[1], self._pending[2]
             old = {k: (stream.cache.get(k), self.hist.get(k, (None, None, None))[2]) for k in keys}
             super().after_call(x, out)
+            if self.online and record.score and record.index > 0 and keys[0] in stream.cache and old[keys[0]][0] is not None:
+                k0 = keys[0]
+                observed = float((stream.cache[k0] - old[k0][0]).pow(2).mean().sqrt())
+                if observed > 0:
+                    self.log_ratios.append(float(np.log(observed / record.score)))
+                    c = float(np.clip(np.exp(np.mean(self.log_ratios)), 0.25, 4.0))
+                    ps = stream.policy_state
+                    if ps.alpha_ref is not None:
+                        base = self.policy.profile.lookup(ps.sigma_ref, self.policy.high_percentile)
+                        ps.alpha_ref = (base[0] * c, base[1] * c)
             for k in keys:
                 f_old, s_old = old[k]
                 self.hist[k] = (s_old, f_old, record.sigma)
@@ -140,6 +155,8 @@ class ExpBench(Q.Bench):
             S = self.sc.runtime.SenCacheSettings
             if o.get("step_weighted"):
                 S = dataclasses.make_dataclass("StepWeightedSettings", [("step_weighted", bool, True)], bases=(S,))
+            if o.get("online"):
+                S = dataclasses.make_dataclass("OnlineSettings", [("online", bool, True)], bases=(S,))
             st = S(**base)
             profile = self.profiles[name] if name in self.profiles else self.profile
             if o.get("mode") == "extrapolate":
