@@ -52,6 +52,8 @@ VARIANTS = {
     "SenCache online α": ("per-sample online correction: at each refresh after reuse, the observed RMS change of the "
                           "output (new − cached, cond) over the predicted S updates a running factor (geometric mean, "
                           "clamped to [1/4, 4]) that multiplies α for the rest of the run", {"online": True}),
+    "SenCache residual": ("reuse the residual of the transformer blocks and re-run embeddings and output head at "
+                          "the current σ (the reference implementation's choice)", {"mode": "residual"}),
     "SenCache profile 1 run": ("profile from 1 calibration run instead of 4", {"profile": {"runs": 1}}),
     "SenCache profile euler": ("profile calibrated with the euler sampler, used under this config's sampler",
                                {"profile": {"sampler": "euler"}}),
@@ -125,8 +127,89 @@ def _install_experimental_runtime(sc):
 
     R.RunState = ExpRunState
 
+    # "residual": reuse the residual of the transformer-block stack and re-run the rest of the model (patch
+    # embedding, time embedding, output head) at the current σ, as the reference implementation does. Wan runs each
+    # block through transformer_options["patches_replace"]["dit"][("double_block", i)] when present.
+    original_wrapper = R.diffusion_model_wrapper
+
+    def residual_wrapper(executor, *args, **kwargs):
+        to = R.find_transformer_options(args, kwargs)
+        run = to.get(R.RUN_KEY) if to else None
+        if run is None or to.get("sigmas") is None or run.mode != "residual":
+            return original_wrapper(executor, *args, **kwargs)
+        blocks = executor.class_obj.blocks
+        n = len(blocks)
+        keys = tuple(to.get("uuids") or [None])
+        store = run.__dict__.setdefault("residuals", {})
+        reused = run.before_call(args[0], to)
+        dit = dict(to.get("patches_replace", {}).get("dit", {}))
+        if reused is not None:
+            res = store.get(keys)
+            if res is None:
+                return reused                       # no residual yet: plain output reuse (cannot happen after step 0)
+            for i in range(n):
+                dit[("double_block", i)] = ((lambda a, o, r=res: {"img": a["img"] + r}) if i == 0
+                                            else (lambda a, o: {"img": a["img"]}))
+            to["patches_replace"] = dict(to.get("patches_replace", {}), dit=dit)
+            COUNTER.skip = True                     # blocks skipped: not a model evaluation
+            try:
+                return executor(*args, **kwargs)
+            finally:
+                COUNTER.skip = False
+                to["patches_replace"]["dit"] = {k: v for k, v in dit.items() if k[0] != "double_block"}
+        box = {}
+
+        def first(a, o):
+            box["in"] = a["img"]
+            return o["original_block"](a)
+
+        def last(a, o):
+            out = o["original_block"](a)
+            box["res"] = out["img"] - box["in"] if n > 1 else out["img"] - a["img"]
+            return out
+        dit[("double_block", 0)] = first if n > 1 else last
+        dit[("double_block", n - 1)] = last
+        to["patches_replace"] = dict(to.get("patches_replace", {}), dit=dit)
+        out = executor(*args, **kwargs)
+        run.after_call(args[0], out)
+        if "res" in box:
+            store[keys] = box["res"].detach().clone()
+        return out
+
+    R.diffusion_model_wrapper = residual_wrapper
+
+
+class ExpCounter(C.EvalCounter):
+    """The benchmark's counter, plus: calls made with `skip` set (blocks skipped) are neither counted nor memoised."""
+    skip = False
+
+    def _forward(self, x, timestep, context, *args, **kwargs):
+        if self.skip:
+            return self.original(x, timestep, context, *args, **kwargs)
+        return super()._forward(x, timestep, context, *args, **kwargs)
+
+
+COUNTER: ExpCounter | None = None
+
 
 class ExpBench(Q.Bench):
+    def __init__(self, *a, **kw):
+        global COUNTER
+        super().__init__(*a, **kw)
+        self.counter.close()
+        self.counter = COUNTER = ExpCounter(self.base, memo=True)
+
+    def run(self, model, text, seed, steps=None):
+        # the memo would return a full forward's output without running the blocks, so no residual would be
+        # recorded: residual runs go without it
+        h = model.model_options.get("transformer_options", {}).get(self.sc.runtime.KEY)
+        residual = h is not None and h.settings.reuse_mode == "residual"
+        memo, self.counter.memo_on = self.counter.memo_on, self.counter.memo_on and not residual
+        try:
+            return super().run(model, text, seed, steps)
+        finally:
+            self.counter.memo_on = memo
+
     def calibrate_profile(self, cal, spec: dict | None = None):
         """The profile as the benchmark makes it (one on-trajectory run per calibration sample, merged), or with
         spec's runs / sampler / steps changed."""
@@ -159,12 +242,12 @@ class ExpBench(Q.Bench):
                 S = dataclasses.make_dataclass("OnlineSettings", [("online", bool, True)], bases=(S,))
             st = S(**base)
             profile = self.profiles[name] if name in self.profiles else self.profile
-            if o.get("mode") == "extrapolate":
+            if o.get("mode") in ("extrapolate", "residual"):
                 # apply_sencache validates reuse_mode: build with "output", then switch the mode on the holder
                 st = dataclasses.replace(st, reuse_mode="output")
                 model = self.sc.apply.apply_sencache(self.model, profile, st)[0]
                 holder = model.model_options["transformer_options"][self.sc.runtime.KEY]
-                holder.settings = dataclasses.replace(holder.settings, reuse_mode="extrapolate")
+                holder.settings = dataclasses.replace(holder.settings, reuse_mode=o["mode"])
                 return model, self.N
             return self.sc.apply.apply_sencache(self.model, profile, st)[0], self.N
         return super().make(name, B, p)
