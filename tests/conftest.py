@@ -54,14 +54,16 @@ def tiny(host, comfy_base):
 
 @pytest.fixture(scope="session")
 def sc(pack):
-    """The pack's modules as ComfyUI loaded them: sc.runtime, sc.apply, sc.calibrate, sc.profiles, sc.core."""
+    """The pack's modules as ComfyUI loaded them: sc.runtime, sc.apply, sc.calibrate, sc.profiles, sc.visualize, ...,
+    sc.core, sc.plotting."""
     import importlib
     import types
     ns = types.SimpleNamespace()
-    for name in ("runtime", "apply", "calibrate", "profiles", "model_info"):
+    for name in ("runtime", "apply", "calibrate", "profiles", "model_info", "visualize", "ui_events"):
         setattr(ns, name, importlib.import_module(f"{pack.__name__}.nodes.{name}"))
     ns.nodes = importlib.import_module(f"{pack.__name__}.nodes")
     ns.core = importlib.import_module(f"{pack.__name__}.sencache_core")
+    ns.plotting = importlib.import_module(f"{pack.__name__}.sencache_core.plotting")
     return ns
 
 

@@ -2,7 +2,6 @@
 (real ComfyUI host, tiny Wan checkpoint, real sampler)."""
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
@@ -20,25 +19,9 @@ ARTIFACTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file_
 
 
 @pytest.fixture(scope="module")
-def m(pack):
-    """The pack's modules as ComfyUI loaded them."""
-    ns = types.SimpleNamespace()
-    for name in ("runtime", "apply", "calibrate", "visualize", "ui_events"):
-        setattr(ns, name, importlib.import_module(f"{pack.__name__}.nodes.{name}"))
-    ns.nodes = importlib.import_module(f"{pack.__name__}.nodes")
-    ns.plotting = importlib.import_module(f"{pack.__name__}.sencache_core.plotting")
-    ns.core = importlib.import_module(f"{pack.__name__}.sencache_core")
-    return ns
-
-
-@pytest.fixture(scope="module")
-def wan(tiny):
-    return tiny("tiny_wan21_t2v")
-
-
-@pytest.fixture(scope="module")
-def conds():
-    return sampling.text_cond(1), sampling.text_cond(2)
+def m(sc):
+    """The pack's modules as ComfyUI loaded them (conftest's `sc`); wan and conds come from conftest too."""
+    return sc
 
 
 @pytest.fixture(scope="module")
