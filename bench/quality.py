@@ -465,11 +465,15 @@ def write_report(path_md: pathlib.Path, config_name: str, cfg: dict, info: dict,
 
 
 def plot(path_png: pathlib.Path, config_name: str, table: dict, budgets, N, methods):
+    """PSNR / SSIM / VGG distance against the fraction of evaluations. `table` as from summarise() (int budget keys)
+    or as stored in the .json (string keys): `python -m bench.quality --replot results/quality/NAME.json`."""
+    table = {int(k): v for k, v in table.items()}
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 3, figsize=(15, 5))
-    for name in methods:
+    colours = plt.get_cmap("tab20").colors      # one colour per method (the default cycle has only 10)
+    for i, name in enumerate(methods):
         for ax, key in zip(axes, ("psnr", "ssim", "vgg")):
             xs, ys, es = [], [], []
             for B in sorted(budgets):
@@ -480,8 +484,8 @@ def plot(path_png: pathlib.Path, config_name: str, table: dict, budgets, N, meth
                     es.append(se if se == se else 0)
             if xs:
                 ls = "-" if name.startswith("SenCache") else ("--" if "Fewer" in name or "Fixed" in name else ":")
-                ax.errorbar(xs, ys, yerr=es, marker="o", ls=ls, lw=2 if name.startswith("SenCache") else 1.2,
-                            capsize=3, label=name)
+                ax.errorbar(xs, ys, yerr=es, marker="os^Dv<>ph*Xd"[i % 12], ls=ls, color=colours[(2 * i) % 20 + (2 * i) // 20],
+                            lw=2.4 if name.startswith("SenCache") else 1.2, capsize=3, label=name)
     for ax, t in zip(axes, ("PSNR vs uncached (dB, higher better)", "SSIM (higher better)",
                             "VGG16 feature distance (lower better)")):
         ax.set_title(t, fontsize=10)
@@ -573,7 +577,14 @@ def main(argv=None):
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--no-vgg", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--replot", metavar="JSON", default=None, help="only redraw the .png of an earlier run from its .json")
     args = ap.parse_args(argv)
+    if args.replot:
+        d = json.load(open(args.replot))
+        name = pathlib.Path(args.replot).stem
+        plot(pathlib.Path(args.replot).with_suffix(".png"), name, d["table"], d["budgets"], d["config"]["steps"],
+             [m for m in METHODS if m in d["table"][str(d["budgets"][0])]])
+        return
     args.command = "scripts/bench_quality.sh " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     torch.set_num_threads(args.threads)
     names = list(CONFIGS) if args.config == "all" else args.config.split(",")
