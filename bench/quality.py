@@ -431,9 +431,9 @@ def write_report(path_md: pathlib.Path, config_name: str, cfg: dict, info: dict,
     L += ["## Method details", "",
           "- **SenCache**: this pack's node code (`apply_sencache`), profile from the Sensitivity Calibrator's "
           "on-trajectory calibration on the calibration samples (one run each, merged); ε_start = 0.2·ε_main, "
-          "switch at 20 %, final step protected; search over ε_main. K (max consecutive reuses) = the smallest K ≥ 3 "
-          "(the reference README's K) with which the budget can be reached with one evaluation to spare "
-          "(bench/methods.py k_for_budget); K per budget: " + str(calib.get("k_sencache")) + ".",
+          "switch at 20 %, final step protected; search over ε_main. K (max consecutive reuses) = the smallest K "
+          "with which the budget can be reached with one evaluation to spare, as the node's budget mode chooses it "
+          "(sencache_core.budget.k_for_budget); K per budget: " + str(calib.get("k_sencache")) + ".",
           "- **EasyCache / LazyCache**: ComfyUI core nodes (`comfy_extras.nodes_easycache`, EasyCacheNode.execute / "
           "LazyCacheNode.execute) with their default start 0.15 / end 0.95; search over reuse_threshold. *As-is* = "
           "the node unchanged: it adds its cached difference into the model input in place, and with this fp32 model "
