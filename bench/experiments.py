@@ -54,6 +54,9 @@ VARIANTS = {
                           "clamped to [1/4, 4]) that multiplies α for the rest of the run", {"online": True}),
     "SenCache residual": ("reuse the residual of the transformer blocks and re-run embeddings and output head at "
                           "the current σ (the reference implementation's choice)", {"mode": "residual"}),
+    "SenCache at shift 4": ("caching combined with a re-tuned shift: the model patched with shift 4 instead of the "
+                            "config's shift (profile calibrated at shift 4), N steps, ε searched", {"shift": 4.0}),
+    "SenCache at shift 3": ("the same at shift 3", {"shift": 3.0}),
     "SenCache profile 1 run": ("profile from 1 calibration run instead of 4", {"profile": {"runs": 1}}),
     "SenCache profile euler": ("profile calibrated with the euler sampler, used under this config's sampler",
                                {"profile": {"sampler": "euler"}}),
@@ -212,13 +215,14 @@ class ExpBench(Q.Bench):
 
     def calibrate_profile(self, cal, spec: dict | None = None):
         """The profile as the benchmark makes it (one on-trajectory run per calibration sample, merged), or with
-        spec's runs / sampler / steps changed."""
+        spec's runs / sampler / steps / shift changed."""
         spec = spec or {}
         profs = []
+        model = C.with_shift(self.base, spec["shift"]) if "shift" in spec else self.model
         for text, seed in cal[:spec.get("runs", len(cal))]:
             pos, neg = C.conds(text)
             with torch.inference_mode():
-                _, prof = self.sc.calibrate.calibrate(self.model, pos, neg, {"samples": C.empty_latent()}, seed,
+                _, prof = self.sc.calibrate.calibrate(model, pos, neg, {"samples": C.empty_latent()}, seed,
                                                       spec.get("steps", self.N), self.cfg["cfg"],
                                                       spec.get("sampler", self.cfg["sampler"]), self.cfg["scheduler"], 1)
             profs.append(prof)
@@ -242,6 +246,8 @@ class ExpBench(Q.Bench):
                 S = dataclasses.make_dataclass("OnlineSettings", [("online", bool, True)], bases=(S,))
             st = S(**base)
             profile = self.profiles[name] if name in self.profiles else self.profile
+            if o.get("shift"):
+                return self.sc.apply.apply_sencache(C.with_shift(self.base, o["shift"]), profile, st)[0], self.N
             if o.get("mode") in ("extrapolate", "residual"):
                 # apply_sencache validates reuse_mode: build with "output", then switch the mode on the holder
                 st = dataclasses.replace(st, reuse_mode="output")
@@ -288,8 +294,8 @@ def main(argv=None):
     methods = variants + list(ANCHORS)
     cal = Q.calibration_samples(args.calibration_samples)
     bench.profile = bench.calibrate_profile(cal)
-    bench.profiles = {v: bench.calibrate_profile(cal, VARIANTS[v][1]["profile"]) for v in variants
-                      if "profile" in VARIANTS[v][1]}
+    bench.profiles = {v: bench.calibrate_profile(cal, VARIANTS[v][1].get("profile") or {"shift": VARIANTS[v][1]["shift"]})
+                      for v in variants if "profile" in VARIANTS[v][1] or "shift" in VARIANTS[v][1]}
     results, priors = [], {}
     for i, (text, seed) in enumerate(Q.test_samples(args.samples)):
         ts = time.perf_counter()
