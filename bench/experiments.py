@@ -62,6 +62,8 @@ VARIANTS = {
                                {"profile": {"sampler": "euler"}}),
     "SenCache profile 50 steps": ("profile calibrated at 50 steps, used at this config's step count", {"profile": {"steps": 50}}),
     "SenCache profile 15 steps": ("profile calibrated at 15 steps, used at this config's step count", {"profile": {"steps": 15}}),
+    "SenCache output_extrapolated (pack)": ("the pack's reuse_mode output_extrapolated: extrapolation as above, applied "
+                                            "only in runs without an uncond pass", {"mode": "output_extrapolated"}),
     "SenCache (output-input)": ("reuse f − x (EasyCache's choice; the node's other reuse mode)", {"mode": "output_minus_input"}),
 }
 ANCHORS = ("Fixed interval (output)", "Fewer steps (shift 8)")

@@ -47,7 +47,9 @@ class SenCache(io.ComfyNode):
                 io.Boolean.Input("use_high_percentile", default=False,
                                  tooltip="Use the profile's high percentile of the sensitivities instead of their mean (more conservative)."),
                 io.Combo.Input("reuse_mode", options=list(REUSE_MODES), default="output",
-                               tooltip="What is reused: the model output itself, or its difference from the model input (re-added to the current input)."),
+                               tooltip="What is reused: the model output itself; its difference from the model input (re-added to the current input); "
+                                       "or (output_extrapolated) the output extrapolated in σ from the last two computed steps, "
+                                       "applied only without CFG (cfg 1), plain output reuse otherwise."),
                 io.Float.Input("target_speedup", default=0.0, min=0.0, max=20.0, step=0.05, optional=True,
                                tooltip="Budget mode: if > 0, ε is derived per run from the profile so the run computes about "
                                        "steps / target_speedup model evaluations (eps_start keeps its ratio to eps_main; the "

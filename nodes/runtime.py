@@ -18,13 +18,16 @@ import comfy.model_patcher
 import comfy.patcher_extension
 
 from ..sencache_core.policy import OUT_OF_PROFILE
+from ..sencache_core.reuse import extrapolate
 from ..sencache_core.budget import eps_for_budget, k_for_budget, target_from_speedup
 from ..sencache_core import (PolicyState, ReusePolicy, RunTrace, SensitivityProfile, StepRecord, rms_diff)
 
 log = logging.getLogger("SenCache")
 KEY = "sencache"            # wrapper key and transformer_options key of the holder
 RUN_KEY = "sencache_run"    # transformer_options key of the per-run state
-REUSE_MODES = ("output", "output_minus_input")
+# output_extrapolated: extrapolate the output in σ from the last two computed evaluations, only in runs without an
+# unconditional pass (CFG 1); with CFG it reuses the output as is (sencache_core/reuse.py says why)
+REUSE_MODES = ("output", "output_minus_input", "output_extrapolated")
 DEFAULT_LISTENERS: list = []  # listeners every new SenCacheHolder starts with (ui_events registers the UI event)
 
 
@@ -85,6 +88,9 @@ class _Stream:
     policy_state: PolicyState = field(default_factory=PolicyState)
     x_ref: torch.Tensor | None = None
     cache: dict = field(default_factory=dict)      # cond key -> cached tensor (output or output − input)
+    cache_sigma: dict = field(default_factory=dict)  # cond key -> σ of its cached tensor (output_extrapolated)
+    previous: dict = field(default_factory=dict)   # cond key -> (σ, tensor) computed before it (output_extrapolated)
+    saw_uncond: bool = False
     eval_id: int = -1
     served: set = field(default_factory=set)
     record: StepRecord | None = None
@@ -150,6 +156,7 @@ class RunState:
             dx = rms_diff(x_lat, ref) if ref is not None and ref.shape == x_lat.shape else None
             if dx is None and ref is not None:        # shape changed mid-run: start over, never reuse stale data
                 stream.cache.clear()
+                stream.previous.clear()
                 stream.policy_state = PolicyState()
             decision = self.policy.decide(stream.policy_state, sigma, dx, self._is_final(sigma),
                                           self._cache_usable(stream, keys, x))
@@ -168,9 +175,15 @@ class RunState:
             self.trace.steps.append(stream.record)
         record = stream.record
         stream.served.update(keys)
+        stream.saw_uncond = stream.saw_uncond or "uncond" in names
 
         if record.reuse and self._cache_usable(stream, keys, x):
-            out = torch.cat([stream.cache[k] for k in keys], dim=0)
+            if self.mode == "output_extrapolated" and not stream.saw_uncond and all(
+                    k in stream.previous and stream.previous[k][1].shape == stream.cache[k].shape for k in keys):
+                out = torch.cat([extrapolate(stream.previous[k][1], stream.previous[k][0], stream.cache[k],
+                                             stream.cache_sigma[k], sigma) for k in keys], dim=0)
+            else:
+                out = torch.cat([stream.cache[k] for k in keys], dim=0)
             if self.mode == "output_minus_input":
                 out = out + x[:, :out.shape[1]]
             record.reused_conds.extend(names)
@@ -215,9 +228,13 @@ class RunState:
             if self.mode == "output_minus_input":
                 part = part - x[i * per:(i + 1) * per, :part.shape[1]]
             if bool(torch.isfinite(part).all()):
+                if self.mode == "output_extrapolated" and k in stream.cache:
+                    stream.previous[k] = (stream.cache_sigma[k], stream.cache[k])
                 stream.cache[k] = part.detach().clone()
+                stream.cache_sigma[k] = record.sigma
             else:                                     # never reuse non-finite values: the next step recomputes
                 stream.cache.pop(k, None)
+                stream.previous.pop(k, None)
 
     @staticmethod
     def _cache_usable(stream: _Stream, keys, x: torch.Tensor) -> bool:
@@ -232,6 +249,7 @@ class RunState:
     def free(self) -> None:
         for s in self.streams.values():
             s.cache.clear()
+            s.previous.clear()
             s.x_ref = None
         self.streams.clear()
 

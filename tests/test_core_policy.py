@@ -205,3 +205,13 @@ def test_k_for_budget_is_the_smallest_k_that_reaches_the_budget():
             k = k_for_budget(n, b, {0, n - 1})
             assert k == n or min_evaluations(n, k, {0, n - 1}) <= b - 1
             assert k == 1 or min_evaluations(n, k - 1, {0, n - 1}) > b - 1
+
+
+def test_extrapolate_is_first_order_in_sigma_and_leaves_inputs_alone():
+    from sencache_core.reuse import extrapolate
+    f0, f1 = torch.full((2, 3), 1.0), torch.full((2, 3), 3.0)
+    a, b = f0.clone(), f1.clone()
+    out = extrapolate(f0, 1.0, f1, 0.8, 0.7)          # slope (3 − 1) / (0.8 − 1.0) = −10 per unit σ; Δσ = −0.1
+    assert torch.allclose(out, torch.full((2, 3), 4.0))
+    assert torch.equal(f0, a) and torch.equal(f1, b) and out.data_ptr() not in (f0.data_ptr(), f1.data_ptr())
+    assert torch.equal(extrapolate(f0, 0.8, f1, 0.8, 0.7), f1)      # no slope from equal σ: the cached output

@@ -342,3 +342,25 @@ def test_budget_mode_derives_eps_for_a_target_speedup(sc, wan, conds, wan_profil
         assert longest <= b["max_consecutive"]
         counts[speed] = tr.computed
     assert counts[1.0] == 8 and counts[2.5] <= counts[2.0] < 8
+
+
+def test_output_extrapolated_applies_only_without_cfg(sc, wan, conds, wan_profile):
+    lat = sampling.wan_latent()
+
+    def run(mode, eps, cfg):
+        m, holder = patched(sc, wan, wan_profile, eps=eps, k=2, reuse_mode=mode)
+        return sampling.sample(m, *conds, lat, seed=5, cfg=cfg), holder.last_trace
+
+    # with CFG: exactly plain output reuse (extrapolation is not applied)
+    out, tr = run("output", 0.5, 5.0)
+    assert tr.reused > 0 and torch.equal(run("output_extrapolated", 0.5, 5.0)[0], out)
+    # without CFG: ε = 0 is bit-identical to the unpatched model ...
+    assert torch.equal(run("output_extrapolated", 0.0, 1.0)[0], sampling.sample(wan, *conds, lat, seed=5, cfg=1.0))
+    # ... and once two computed steps precede a reuse, the reused output is extrapolated (so the result differs)
+    plain, tr_plain = run("output", 0.5, 1.0)
+    extra, tr_extra = run("output_extrapolated", 0.5, 1.0)
+    computed_before = [sum(not t.reuse for t in tr_plain.steps[:i]) for i, s in enumerate(tr_plain.steps) if s.reuse]
+    assert computed_before and max(computed_before) >= 2
+    assert torch.isfinite(extra).all() and not torch.equal(extra, plain)
+    first = next(i for i, s in enumerate(tr_plain.steps) if s.reuse)
+    assert [s.reuse for s in tr_extra.steps[:first + 1]] == [s.reuse for s in tr_plain.steps[:first + 1]]
