@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import importlib
 import json
 import pathlib
 import shlex
@@ -70,7 +71,7 @@ ANCHORS = ("Fixed interval (output)", "Fewer steps (shift 8)")
 
 
 def _install_experimental_runtime(sc):
-    """Subclass the pack's RunState (only in this process) for the two variants the pack does not implement."""
+    """Subclass the pack's RunState (only in this process) for the variants the pack does not implement."""
     R = sc.runtime
     from sencache_core.policy import ReusePolicy
 
@@ -85,40 +86,39 @@ def _install_experimental_runtime(sc):
             i = min(range(len(steps)), key=lambda j: abs(s[j] - sigma))
             return base * (float(np.mean(steps)) / max(steps[i], 1e-12))
 
+    extrapolate = importlib.import_module(f"{sc.pack.__name__}.sencache_core.reuse").extrapolate
+
     class ExpRunState(R.RunState):
         def __init__(self, holder, model_sampling, sample_sigmas):
             super().__init__(holder, model_sampling, sample_sigmas)
             if getattr(holder.settings, "step_weighted", False):
                 fields = {f.name: getattr(self.policy, f.name) for f in dataclasses.fields(ReusePolicy)}
                 self.policy = StepWeightedPolicy(**fields, sigmas=tuple(float(v) for v in sample_sigmas.flatten()))
-            self.hist: dict = {}    # (stream key, cond key) -> (σ_r', f(σ_r'), σ_r)
+            # "extrapolate": the pack's output_extrapolated history, but extrapolating with CFG too (the pack does not)
+            self.always_extrapolate = self.mode == "extrapolate"
+            if self.always_extrapolate:
+                self.mode = "output_extrapolated"
             self.online = getattr(holder.settings, "online", False)
             self.log_ratios: list = []
 
         def before_call(self, x, transformer_options):
             out = super().before_call(x, transformer_options)
-            if out is None or self.mode != "extrapolate":
+            if out is None or not self.always_extrapolate:
                 return out
             sigma = float(transformer_options["sigmas"].flatten()[0])
             keys = list(transformer_options.get("uuids") or [None])
             stream = self.streams[None]
-            parts = []
-            for i, k in enumerate(keys):
-                f1 = stream.cache[k]
-                s0, f0, s1 = self.hist.get(k, (None, None, None))
-                if f0 is None or s0 is None or abs(s1 - s0) < 1e-12 or f0.shape != f1.shape:
-                    parts.append(f1)
-                else:
-                    parts.append(f1 + (sigma - s1) / (s1 - s0) * (f1 - f0))
-            return torch.cat(parts, dim=0)
+            if not all(k in stream.previous and stream.previous[k][1].shape == stream.cache[k].shape for k in keys):
+                return out
+            return torch.cat([extrapolate(stream.previous[k][1], stream.previous[k][0], stream.cache[k],
+                                          stream.cache_sigma[k], sigma) for k in keys], dim=0)
 
         def after_call(self, x, out):
             stream, record, keys = self._pending[0], self._pending[1], self._pending[2]
-            old = {k: (stream.cache.get(k), self.hist.get(k, (None, None, None))[2]) for k in keys}
+            old = stream.cache.get(keys[0])
             super().after_call(x, out)
-            if self.online and record.score and record.index > 0 and keys[0] in stream.cache and old[keys[0]][0] is not None:
-                k0 = keys[0]
-                observed = float((stream.cache[k0] - old[k0][0]).pow(2).mean().sqrt())
+            if self.online and record.score and record.index > 0 and keys[0] in stream.cache and old is not None:
+                observed = float((stream.cache[keys[0]] - old).pow(2).mean().sqrt())
                 if observed > 0:
                     self.log_ratios.append(float(np.log(observed / record.score)))
                     c = float(np.clip(np.exp(np.mean(self.log_ratios)), 0.25, 4.0))
@@ -126,9 +126,6 @@ def _install_experimental_runtime(sc):
                     if ps.alpha_ref is not None:
                         base = self.policy.profile.lookup(ps.sigma_ref, self.policy.high_percentile)
                         ps.alpha_ref = (base[0] * c, base[1] * c)
-            for k in keys:
-                f_old, s_old = old[k]
-                self.hist[k] = (s_old, f_old, record.sigma)
 
     R.RunState = ExpRunState
 

@@ -472,7 +472,7 @@ def plot(path_png: pathlib.Path, config_name: str, table: dict, budgets, N, meth
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 3, figsize=(15, 5))
-    colours = plt.get_cmap("tab20").colors      # one colour per method (the default cycle has only 10)
+    colours = plt.get_cmap("tab20").colors      # dark shades for the first 10 methods, then light (default cycle: 10)
     for i, name in enumerate(methods):
         for ax, key in zip(axes, ("psnr", "ssim", "vgg")):
             xs, ys, es = [], [], []
@@ -484,7 +484,7 @@ def plot(path_png: pathlib.Path, config_name: str, table: dict, budgets, N, meth
                     es.append(se if se == se else 0)
             if xs:
                 ls = "-" if name.startswith("SenCache") else ("--" if "Fewer" in name or "Fixed" in name else ":")
-                ax.errorbar(xs, ys, yerr=es, marker="os^Dv<>ph*Xd"[i % 12], ls=ls, color=colours[(2 * i) % 20 + (2 * i) // 20],
+                ax.errorbar(xs, ys, yerr=es, marker="os^Dv<>ph*Xd"[i % 12], ls=ls, color=colours[(2 * i) % 20 + (i >= 10)],
                             lw=2.4 if name.startswith("SenCache") else 1.2, capsize=3, label=name)
     for ax, t in zip(axes, ("PSNR vs uncached (dB, higher better)", "SSIM (higher better)",
                             "VGG16 feature distance (lower better)")):
