@@ -65,6 +65,21 @@ VARIANTS = {
     "SenCache profile 15 steps": ("profile calibrated at 15 steps, used at this config's step count", {"profile": {"steps": 15}}),
     "SenCache output_extrapolated (pack)": ("the pack's reuse_mode output_extrapolated: extrapolation as above, applied "
                                             "only in runs without an uncond pass", {"mode": "output_extrapolated"}),
+    "SenCache extrapolated cond Δ": ("with CFG: every branch reuses its cached output plus the cond branch's first-order "
+                                     "extrapolation step slope·(c_r − c_p), so the guided output moves by that step once, "
+                                     "not amplified by the guidance scale; without CFG the same as output_extrapolated",
+                                     {"mode": "extrapolate_delta", "delta_from": "cond"}),
+    "SenCache extrapolated uncond Δ": ("the same with the uncond branch's extrapolation step",
+                                       {"mode": "extrapolate_delta", "delta_from": "uncond"}),
+    "SenCache extrapolated K=4": ("output_extrapolated (pack) with K = 4 at every budget", {"mode": "output_extrapolated", "K": 4}),
+    "SenCache extrapolated K=4 no ε_start": ("output_extrapolated, K = 4, ε_start = ε_main",
+                                            {"mode": "output_extrapolated", "K": 4, "eps_ratio": 1.0}),
+    "SenCache extrapolated K=8 no ε_start": ("output_extrapolated, K = 8, ε_start = ε_main",
+                                            {"mode": "output_extrapolated", "K": 8, "eps_ratio": 1.0}),
+    "SenCache extrapolated no ε_start": ("output_extrapolated, budget K, ε_start = ε_main",
+                                        {"mode": "output_extrapolated", "eps_ratio": 1.0}),
+    "SenCache switch 10 %": ("ε_start until 10 % of the schedule instead of 20 %", {"switch": 0.10}),
+    "SenCache ε_start 0.5": ("ε_start = 0.5·ε_main (milder early phase)", {"eps_ratio": 0.5}),
     "SenCache (output-input)": ("reuse f − x (EasyCache's choice; the node's other reuse mode)", {"mode": "output_minus_input"}),
 }
 ANCHORS = ("Fixed interval (output)", "Fewer steps (shift 8)")
@@ -96,18 +111,33 @@ def _install_experimental_runtime(sc):
                 self.policy = StepWeightedPolicy(**fields, sigmas=tuple(float(v) for v in sample_sigmas.flatten()))
             # "extrapolate": the pack's output_extrapolated history, but extrapolating with CFG too (the pack does not)
             self.always_extrapolate = self.mode == "extrapolate"
-            if self.always_extrapolate:
+            self.delta_from = getattr(holder.settings, "delta_from", None) if self.mode == "extrapolate_delta" else None
+            if self.always_extrapolate or self.delta_from:
                 self.mode = "output_extrapolated"
             self.online = getattr(holder.settings, "online", False)
+            self.branch_key: dict = {}
             self.log_ratios: list = []
 
         def before_call(self, x, transformer_options):
             out = super().before_call(x, transformer_options)
-            if out is None or not self.always_extrapolate:
+            if out is None or not (self.always_extrapolate or self.delta_from):
                 return out
             sigma = float(transformer_options["sigmas"].flatten()[0])
             keys = list(transformer_options.get("uuids") or [None])
             stream = self.streams[None]
+            if self.delta_from and stream.saw_uncond:
+                # one extrapolation step, taken from one branch and added to every branch's cached output
+                cou = list(transformer_options.get("cond_or_uncond") or [])
+                want = 0 if self.delta_from == "cond" else 1
+                src = self.branch_key.get(want)
+                if want in cou:
+                    src = keys[cou.index(want)]
+                    self.branch_key[want] = src
+                if src is None or src not in stream.previous or stream.previous[src][1].shape != stream.cache[src].shape:
+                    return out
+                c_r = stream.cache[src]
+                step = extrapolate(stream.previous[src][1], stream.previous[src][0], c_r, stream.cache_sigma[src], sigma) - c_r
+                return torch.cat([stream.cache[k] + step for k in keys], dim=0)
             if not all(k in stream.previous and stream.previous[k][1].shape == stream.cache[k].shape for k in keys):
                 return out
             return torch.cat([extrapolate(stream.previous[k][1], stream.previous[k][0], stream.cache[k],
@@ -243,11 +273,13 @@ class ExpBench(Q.Bench):
                 S = dataclasses.make_dataclass("StepWeightedSettings", [("step_weighted", bool, True)], bases=(S,))
             if o.get("online"):
                 S = dataclasses.make_dataclass("OnlineSettings", [("online", bool, True)], bases=(S,))
+            if o.get("delta_from"):
+                S = dataclasses.make_dataclass("DeltaSettings", [("delta_from", str, o["delta_from"])], bases=(S,))
             st = S(**base)
             profile = self.profiles[name] if name in self.profiles else self.profile
             if o.get("shift"):
                 return self.sc.apply.apply_sencache(C.with_shift(self.base, o["shift"]), profile, st)[0], self.N
-            if o.get("mode") in ("extrapolate", "residual"):
+            if o.get("mode") in ("extrapolate", "residual", "extrapolate_delta"):
                 # apply_sencache validates reuse_mode: build with "output", then switch the mode on the holder
                 st = dataclasses.replace(st, reuse_mode="output")
                 model = self.sc.apply.apply_sencache(self.model, profile, st)[0]
@@ -272,6 +304,9 @@ def main(argv=None):
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--tag", default="", help="suffix of the output file names")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--validation", action="store_true",
+                    help="draw the samples from a validation set (other prompts and seeds than the benchmark's test "
+                         "samples), to choose settings without tuning them on the samples they are reported on")
     args = ap.parse_args(argv)
     command = "python -m bench.experiments " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     torch.set_num_threads(args.threads)
@@ -296,7 +331,8 @@ def main(argv=None):
     bench.profiles = {v: bench.calibrate_profile(cal, VARIANTS[v][1].get("profile") or {"shift": VARIANTS[v][1]["shift"]})
                       for v in variants if "profile" in VARIANTS[v][1] or "shift" in VARIANTS[v][1]}
     results, priors = [], {}
-    for i, (text, seed) in enumerate(Q.test_samples(args.samples)):
+    samples = Q.sample_list(args.samples, 31337, 3000) if args.validation else Q.test_samples(args.samples)
+    for i, (text, seed) in enumerate(samples):
         ts = time.perf_counter()
         results.append(bench.run_sample(text, seed, budgets, methods, priors))
         print(f"  sample {i + 1}/{args.samples} '{text}' seed {seed}: {time.perf_counter() - ts:.1f} s", flush=True)
@@ -306,7 +342,7 @@ def main(argv=None):
     name = args.config + (f"_{args.tag}" if args.tag else "")
     lines = [f"# SenCache variants on `{args.config}` ({cfg})", "",
              f"Command: `{command}`  ", f"Weights: {winfo.get('training_steps')} training steps, sha256 {winfo.get('sha256', '')[:8]}; "
-             f"{args.samples} test samples; {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
+             f"{args.samples} {'validation' if args.validation else 'test'} samples; {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
              f"{(time.perf_counter() - t0) / 60:.1f} min.", "",
              "PSNR (dB) against the uncached run of the same sample, mean ± SE over samples matched at exactly the budget; "
              "Δ = paired difference vs the first row (positive = better than the benchmark's SenCache setting). "

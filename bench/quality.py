@@ -53,6 +53,7 @@ CONFIGS = {
     "euler_50_cfg1": dict(sampler="euler", scheduler="simple", steps=50, cfg=1.0, shift=8.0),
     "dpmpp_2m_30_cfg1": dict(sampler="dpmpp_2m", scheduler="simple", steps=30, cfg=1.0, shift=8.0),
     "dpmpp_2m_50_cfg1": dict(sampler="dpmpp_2m", scheduler="simple", steps=50, cfg=1.0, shift=8.0),
+    "uni_pc_30_cfg1": dict(sampler="uni_pc", scheduler="simple", steps=30, cfg=1.0, shift=8.0),
 }
 FRACTIONS = (1 / 2, 1 / 3, 1 / 4)
 SHIFT_GRID = (1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
