@@ -183,8 +183,8 @@ def main(argv=None):
     ap.add_argument("--eps-main", type=float, default=None, help="SenCache eps_main (default: the node's default)")
     ap.add_argument("--eps-start", type=float, default=None)
     ap.add_argument("--max-consecutive", type=int, default=None)
-    ap.add_argument("--reuse-mode", default=None, choices=("output", "output_minus_input"),
-                    help="default: the node's default (output; the better mode at the template settings in results/quality/)")
+    ap.add_argument("--reuse-mode", default=None, choices=("output_extrapolated", "output", "output_minus_input"),
+                    help="default: the node's default (output_extrapolated: identical to output at the demo's CFG 6)")
     ap.add_argument("--target-speedup", type=float, default=2.0,
                     help="SenCache target_speedup input (> 0: ε derived per run for about steps/target evaluations)")
     ap.add_argument("--weights", default=str(C.WEIGHTS))

@@ -72,6 +72,7 @@ VARIANTS = {
     "SenCache extrapolated uncond Δ": ("the same with the uncond branch's extrapolation step",
                                        {"mode": "extrapolate_delta", "delta_from": "uncond"}),
     "SenCache extrapolated K=4": ("output_extrapolated (pack) with K = 4 at every budget", {"mode": "output_extrapolated", "K": 4}),
+    "SenCache extrapolated K=6": ("output_extrapolated (pack) with K = 6 at every budget", {"mode": "output_extrapolated", "K": 6}),
     "SenCache extrapolated K=4 no ε_start": ("output_extrapolated, K = 4, ε_start = ε_main",
                                             {"mode": "output_extrapolated", "K": 4, "eps_ratio": 1.0}),
     "SenCache extrapolated K=8 no ε_start": ("output_extrapolated, K = 8, ε_start = ε_main",

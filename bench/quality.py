@@ -16,7 +16,7 @@ ComfyUI sampler (comfy.sample.sample, the path KSampler takes):
    their threshold (log-space bracketing/bisection) until the run uses exactly the budget; a sample that cannot
    be matched is reported and left out of that method's mean.
 3. Metrics vs the same sample's uncached frames: PSNR (dB), SSIM, VGG16 feature distance (bench/vgg_features.py;
-   not LPIPS); paired differences vs SenCache (output) with standard errors; wall-clock time per run measured with
+   not LPIPS); paired differences vs SenCache with the node's default reuse mode (output_extrapolated) with standard errors; wall-clock time per run measured with
    the memo off on the first --timing-samples samples.
 Writes results/quality/<config>.md, .json and .png.
 """
@@ -58,11 +58,11 @@ CONFIGS = {
 FRACTIONS = (1 / 2, 1 / 3, 1 / 4)
 SHIFT_GRID = (1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 SHIFT_TUNING_SAMPLES = 3       # the first 3 calibration samples choose the re-tuned shift (CPU time)
-BASELINE = "SenCache (output)"
-METHODS = ("SenCache (output)", "SenCache (output-input)", "EasyCache core (input copied)", "EasyCache core (as-is)",
+BASELINE = "SenCache (output_extrapolated)"     # the node's default reuse mode
+METHODS = ("SenCache (output_extrapolated)", "SenCache (output)", "SenCache (output-input)", "EasyCache core (input copied)", "EasyCache core (as-is)",
            "LazyCache core", "TeaCache-style", "MagCache-style", "Fixed interval (output)",
            "Fixed interval (output-input)", "Every k-th step (output)", "Fewer steps (shift 8)", "Fewer steps (shift tuned)")
-SHORT = {"SenCache (output)": "sc_out", "SenCache (output-input)": "sc_omi", "EasyCache core (input copied)": "ec_copy",
+SHORT = {"SenCache (output_extrapolated)": "sc_ox", "SenCache (output)": "sc_out", "SenCache (output-input)": "sc_omi", "EasyCache core (input copied)": "ec_copy",
          "EasyCache core (as-is)": "ec_asis", "LazyCache core": "lazy", "TeaCache-style": "tea", "MagCache-style": "mag",
          "Fixed interval (output)": "fix_out", "Fixed interval (output-input)": "fix_omi",
          "Every k-th step (output)": "every_k",
@@ -205,7 +205,8 @@ class Bench:
         from bench import methods as M
         N = self.N
         if name.startswith("SenCache"):
-            mode = "output" if name == "SenCache (output)" else "output_minus_input"
+            mode = {"SenCache (output_extrapolated)": "output_extrapolated", "SenCache (output)": "output",
+                    "SenCache (output-input)": "output_minus_input"}[name]
             st = self.sc.runtime.SenCacheSettings(eps_start=0.2 * p, eps_main=p, max_consecutive=M.sencache_k(N, B),
                                                   reuse_mode=mode)
             return self.sc.apply.apply_sencache(self.model, self.profile, st)[0], N
@@ -432,7 +433,10 @@ def write_report(path_md: pathlib.Path, config_name: str, cfg: dict, info: dict,
     L += ["## Method details", "",
           "- **SenCache**: this pack's node code (`apply_sencache`), profile from the Sensitivity Calibrator's "
           "on-trajectory calibration on the calibration samples (one run each, merged); ε_start = 0.2·ε_main, "
-          "switch at 20 %, final step protected; search over ε_main. K (max consecutive reuses) = the smallest K "
+          "switch at 20 % (with CFG only: without CFG the node uses ε_main throughout), final step protected; search over "
+          "ε_main. Reuse modes: *output_extrapolated* (the node's default: the output extrapolated in σ from the last two "
+          "computed steps without CFG, the cached output with CFG, where it is identical to *output*), *output*, "
+          "*output-input* (f − x). K (max consecutive reuses) = the smallest K "
           "with which the budget can be reached with one evaluation to spare, as the node's budget mode chooses it "
           "(sencache_core.budget.k_for_budget); K per budget: " + str(calib.get("k_sencache")) + ".",
           "- **EasyCache / LazyCache**: ComfyUI core nodes (`comfy_extras.nodes_easycache`, EasyCacheNode.execute / "

@@ -32,7 +32,8 @@ class SenCache(io.ComfyNode):
                                        "model output (the model's own output units, e.g. velocity for Wan/LTXV). Higher = faster, "
                                        "lower fidelity; 0 = never reuse."),
                 io.Float.Input("eps_start", default=0.02, min=0.0, max=10.0, step=0.005,
-                               tooltip="Stricter ε (same units as eps_main) for the fragile early part of the schedule, until eps_switch_percent."),
+                               tooltip="Stricter ε (same units as eps_main) for the fragile early part of the schedule, until eps_switch_percent. "
+                                       "Applies to runs with CFG (an uncond pass) only: without CFG eps_main applies throughout."),
                 io.Float.Input("eps_switch_percent", default=0.2, min=0.0, max=1.0, step=0.01,
                                tooltip="Where eps_start gives way to eps_main, as a " + PCT + "."),
                 io.Int.Input("max_consecutive_reuse", default=3, min=0, max=100,
@@ -46,10 +47,10 @@ class SenCache(io.ComfyNode):
                                  tooltip="Always compute the last step of the schedule (the one that lands on σ = 0)."),
                 io.Boolean.Input("use_high_percentile", default=False,
                                  tooltip="Use the profile's high percentile of the sensitivities instead of their mean (more conservative)."),
-                io.Combo.Input("reuse_mode", options=list(REUSE_MODES), default="output",
-                               tooltip="What is reused: the model output itself; its difference from the model input (re-added to the current input); "
-                                       "or (output_extrapolated) the output extrapolated in σ from the last two computed steps, "
-                                       "applied only without CFG (cfg 1), plain output reuse otherwise."),
+                io.Combo.Input("reuse_mode", options=list(REUSE_MODES), default="output_extrapolated",
+                               tooltip="What is reused: output_extrapolated (default) = the output extrapolated in σ from the last two computed steps "
+                                       "in runs without CFG (cfg 1), the cached output itself with CFG; output = always the cached output; "
+                                       "output_minus_input = its difference from the model input, re-added to the current input."),
                 io.Float.Input("target_speedup", default=0.0, min=0.0, max=20.0, step=0.05, optional=True,
                                tooltip="Budget mode: if > 0, ε is derived per run from the profile so the run computes about "
                                        "steps / target_speedup model evaluations (eps_start keeps its ratio to eps_main; the "

@@ -42,7 +42,7 @@ class SenCacheSettings:
     reuse_end_percent: float = 1.0
     protect_final: bool = True
     high_percentile: bool = False
-    reuse_mode: str = "output"
+    reuse_mode: str = "output_extrapolated"
     target_speedup: float = 0.0      # > 0: derive ε per run from the profile for about steps/target evaluations
 
 
@@ -113,11 +113,17 @@ class RunState:
             n = len(sig) - 1
             forced = {0} | ({n - 1} if s.protect_final else set())
             k = min(self.policy.max_consecutive, k_for_budget(n, target, forced))
-            self.policy = replace(self.policy, max_consecutive=k)
-            eps, simulated = eps_for_budget(self.policy, sig, target, ratio)
-            self.policy = replace(self.policy, eps_main=eps, eps_start=eps * ratio)
+            base = replace(self.policy, max_consecutive=k)
+            # ε for the target, once for a guided run (ε_start kept in its ratio) and once for an unguided one
+            eps, simulated = eps_for_budget(base, sig, target, ratio)
+            eps_u, simulated_u = eps_for_budget(base.for_guidance(False), sig, target, 1.0)
+            self.policy = replace(base, eps_main=eps, eps_start=eps * ratio)
+            self.policy_unguided = replace(base, eps_main=eps_u, eps_start=eps_u)
             budget = {"target_speedup": s.target_speedup, "target_computed": target, "simulated_computed": simulated,
-                      "eps_main": eps, "eps_start": eps * ratio, "max_consecutive": k}
+                      "eps_main": eps, "eps_start": eps * ratio, "max_consecutive": k,
+                      "unguided_eps_main": eps_u, "unguided_simulated_computed": simulated_u}
+        else:
+            self.policy_unguided = self.policy.for_guidance(False)
         self.final_sigmas = [sig[i] for i in range(len(sig) - 1) if sig[i + 1] == 0.0 and sig[i] > 0]
         self.trace = RunTrace(config={**holder.settings.__dict__, "node_id": holder.node_id, "budget": budget,
                                       "eps_main": self.policy.eps_main, "eps_start": self.policy.eps_start,
@@ -148,6 +154,7 @@ class RunState:
         keys, per = uuids, x.shape[0] // len(uuids)
         x_lat = x[:per, :self.channels]
 
+        stream.saw_uncond = stream.saw_uncond or "uncond" in names
         new_eval = stream.eval_id != self.eval_id or stream.record is None or any(k in stream.served for k in keys) \
             or abs(stream.record.sigma - sigma) > 1e-9
         if new_eval:
@@ -158,9 +165,11 @@ class RunState:
                 stream.cache.clear()
                 stream.previous.clear()
                 stream.policy_state = PolicyState()
-            decision = self.policy.decide(stream.policy_state, sigma, dx, self._is_final(sigma),
-                                          self._cache_usable(stream, keys, x))
-            self.policy.commit(stream.policy_state, sigma, decision)
+            policy = self.policy if stream.saw_uncond else self.policy_unguided
+            self.trace.config.update(guided=stream.saw_uncond, eps_main=policy.eps_main, eps_start=policy.eps_start)
+            decision = policy.decide(stream.policy_state, sigma, dx, self._is_final(sigma),
+                                     self._cache_usable(stream, keys, x))
+            policy.commit(stream.policy_state, sigma, decision)
             if decision.reason == OUT_OF_PROFILE and not self.trace.warnings:
                 lo, hi = self.holder.profile.sigma_range
                 msg = (f"σ={sigma:.4g} lies outside the profile's measured range [{lo:.4g}, {hi:.4g}]: computing those "
@@ -175,7 +184,6 @@ class RunState:
             self.trace.steps.append(stream.record)
         record = stream.record
         stream.served.update(keys)
-        stream.saw_uncond = stream.saw_uncond or "uncond" in names
 
         if record.reuse and self._cache_usable(stream, keys, x):
             if self.mode == "output_extrapolated" and not stream.saw_uncond and all(

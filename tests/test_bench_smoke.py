@@ -36,7 +36,7 @@ def test_quality_bench_smoke(host, demo_weights, tmp_path):
                   "--out", str(out), "--methods", "sc_out", "ec_copy", "ec_asis", "tea", "mag", "fix_out", "every_k",
                   "steps_shift"])
     md = (out / "wan_template.md").read_text()
-    assert "| SenCache (output) |" in md and "Fewer steps (shift tuned)" in md and "Budget 3 of 6" in md
+    assert "| SenCache (output_extrapolated) |" in md and "| SenCache (output) |" in md and "Fewer steps (shift tuned)" in md and "Budget 3 of 6" in md
     assert (out / "wan_template.png").stat().st_size > 1000
     data = json.loads((out / "wan_template.json").read_text())
     for r in data["results"]:

@@ -154,6 +154,18 @@ def test_policy_rule_k_protection_and_eps_schedule():
     assert not zero.decide(st0, 0.5, 0.0, False, True).reuse       # ε = 0 never reuses (S < 0 impossible)
 
 
+def test_strict_early_phase_applies_to_guided_runs_only():
+    pol = ReusePolicy(make_profile(), eps_start=0.1, eps_main=1.0, max_consecutive=2, sigma_eps_switch=0.8)
+    assert pol.for_guidance(True) is pol
+    unguided = pol.for_guidance(False)
+    assert unguided.eps_at(0.95) == unguided.eps_at(0.5) == 1.0 and pol.eps_at(0.95) == 0.1
+    st = PolicyState()
+    unguided.commit(st, 1.0, unguided.decide(st, 1.0, None, False, True))
+    d = unguided.decide(st, 0.9, 0.01, False, True)      # S = 0.408: above ε_start, below ε_main
+    assert d.reuse and d.eps == 1.0
+    assert not pol.decide(st, 0.9, 0.01, False, True).reuse
+
+
 def test_policy_refuses_bad_settings_and_outside_profile():
     prof = make_profile()
     with pytest.raises(ValueError, match="eps_main"):

@@ -344,6 +344,31 @@ def test_budget_mode_derives_eps_for_a_target_speedup(sc, wan, conds, wan_profil
     assert counts[1.0] == 8 and counts[2.5] <= counts[2.0] < 8
 
 
+def test_strict_early_phase_only_with_cfg(sc, wan, conds, wan_profile):
+    """ε_start holds in runs with an uncond pass; without CFG ε_main applies from the first step (budget mode too)."""
+    lat = sampling.wan_latent()
+    ms = wan.model.model_sampling
+    switch = float(ms.percent_to_sigma(0.2))
+    for cfg in (5.0, 1.0):
+        m, holder = patched(sc, wan, wan_profile, eps=0.5, eps_start=0.0, k=2, reuse_mode="output")
+        sampling.sample(m, *conds, lat, seed=5, steps=10, cfg=cfg)
+        tr = holder.last_trace
+        early = [s for s in tr.steps if s.sigma > switch]
+        assert len(early) >= 2 and tr.config["guided"] == (cfg > 1)
+        if cfg > 1:
+            assert all(s.eps == 0.0 and not s.reuse for s in early)
+        else:
+            assert all(s.eps == 0.5 for s in tr.steps) and tr.config["eps_start"] == 0.5
+        recompute_rule(tr, wan_profile, 0.0 if cfg > 1 else 0.5, 0.5, 2, switch, [tr.config["sample_sigmas"][-2]])
+        m, holder = patched(sc, wan, wan_profile, eps=0.1, eps_start=0.02, k=3, target_speedup=2.0)
+        sampling.sample(m, *conds, lat, seed=5, steps=10, cfg=cfg)
+        tr, b = holder.last_trace, holder.last_trace.config["budget"]
+        assert b["unguided_simulated_computed"] <= b["target_computed"] == 5
+        want = (b["eps_start"], b["eps_main"]) if cfg > 1 else (b["unguided_eps_main"], b["unguided_eps_main"])
+        assert (tr.config["eps_start"], tr.config["eps_main"]) == want
+        assert all(s.eps in want for s in tr.steps)
+
+
 def test_output_extrapolated_applies_only_without_cfg(sc, wan, conds, wan_profile):
     lat = sampling.wan_latent()
 
