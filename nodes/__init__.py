@@ -38,7 +38,7 @@ class SenCache(io.ComfyNode):
                                tooltip="Where eps_start gives way to eps_main, as a " + PCT + "."),
                 io.Int.Input("max_consecutive_reuse", default=3, min=0, max=100,
                              tooltip="K: at most this many evaluations in a row reuse the cache (count of model evaluations). "
-                                     "Caps the speed-up at K+1."),
+                                     "Caps the speed-up at K+1. In budget mode (target_speedup > 0) K is derived from the target instead."),
                 io.Float.Input("reuse_start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="No reuse before this point, a " + PCT + ". The first evaluation of a run is always computed."),
                 io.Float.Input("reuse_end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
@@ -52,10 +52,10 @@ class SenCache(io.ComfyNode):
                                        "in runs without CFG (cfg 1), the cached output itself with CFG; output = always the cached output; "
                                        "output_minus_input = its difference from the model input, re-added to the current input."),
                 io.Float.Input("target_speedup", default=0.0, min=0.0, max=20.0, step=0.05, optional=True,
-                               tooltip="Budget mode: if > 0, ε is derived per run from the profile so the run computes about "
-                                       "steps / target_speedup model evaluations (eps_start keeps its ratio to eps_main; the "
-                                       "ε values above are then ignored), and K is lowered to the smallest value that can "
-                                       "reach that count (never above max_consecutive_reuse). 0 = use the ε values as given."),
+                               tooltip="Budget mode: if > 0, ε and K are derived per run from the profile so the run computes about "
+                                       "steps / target_speedup model evaluations (eps_start keeps its ratio to eps_main; the ε values "
+                                       "and max_consecutive_reuse above are then ignored). K = the smallest value that can reach that "
+                                       "count; without CFG, with output_extrapolated, at least 6 from about 3x on. 0 = use the inputs as given."),
             ],
             outputs=[io.Model.Output(tooltip="The model with SenCache attached (connect it to a KSampler).")],
             hidden=[io.Hidden.unique_id],

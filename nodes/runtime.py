@@ -19,7 +19,7 @@ import comfy.patcher_extension
 
 from ..sencache_core.policy import OUT_OF_PROFILE
 from ..sencache_core.reuse import extrapolate
-from ..sencache_core.budget import eps_for_budget, k_for_budget, target_from_speedup
+from ..sencache_core.budget import eps_for_budget, k_for_target, target_from_speedup
 from ..sencache_core import (PolicyState, ReusePolicy, RunTrace, SensitivityProfile, StepRecord, rms_diff)
 
 log = logging.getLogger("SenCache")
@@ -108,20 +108,23 @@ class RunState:
             s = holder.settings
             target = target_from_speedup(len(sig) - 1, s.target_speedup)
             ratio = s.eps_start / s.eps_main if s.eps_main > 0 else 0.2
-            # K for the target: the smallest K that can reach it, never above the K input (at 2x on the demo
-            # model K = 2 beat K = 3 by 2.6 dB at equal evaluations: results/experiments)
+            # K for the target, derived like ε (the K input applies in ε mode): the smallest K that can reach it;
+            # when extrapolating (output_extrapolated without CFG) at least 6 at 1/3 of the steps or fewer
+            # (sencache_core.budget.k_for_target says why)
             n = len(sig) - 1
             forced = {0} | ({n - 1} if s.protect_final else set())
-            k = min(self.policy.max_consecutive, k_for_budget(n, target, forced))
-            base = replace(self.policy, max_consecutive=k)
+            k = k_for_target(n, target, forced, False)
+            k_u = k_for_target(n, target, forced, self.mode == "output_extrapolated")
             # ε for the target, once for a guided run (ε_start kept in its ratio) and once for an unguided one
-            eps, simulated = eps_for_budget(base, sig, target, ratio)
-            eps_u, simulated_u = eps_for_budget(base.for_guidance(False), sig, target, 1.0)
-            self.policy = replace(base, eps_main=eps, eps_start=eps * ratio)
-            self.policy_unguided = replace(base, eps_main=eps_u, eps_start=eps_u)
+            eps, simulated = eps_for_budget(replace(self.policy, max_consecutive=k), sig, target, ratio)
+            unguided = replace(self.policy, max_consecutive=k_u).for_guidance(False)
+            eps_u, simulated_u = eps_for_budget(unguided, sig, target, 1.0)
+            self.policy = replace(self.policy, max_consecutive=k, eps_main=eps, eps_start=eps * ratio)
+            self.policy_unguided = replace(unguided, eps_main=eps_u, eps_start=eps_u)
             budget = {"target_speedup": s.target_speedup, "target_computed": target, "simulated_computed": simulated,
                       "eps_main": eps, "eps_start": eps * ratio, "max_consecutive": k,
-                      "unguided_eps_main": eps_u, "unguided_simulated_computed": simulated_u}
+                      "unguided_eps_main": eps_u, "unguided_simulated_computed": simulated_u,
+                      "unguided_max_consecutive": k_u}
         else:
             self.policy_unguided = self.policy.for_guidance(False)
         self.final_sigmas = [sig[i] for i in range(len(sig) - 1) if sig[i + 1] == 0.0 and sig[i] > 0]
@@ -166,7 +169,8 @@ class RunState:
                 stream.previous.clear()
                 stream.policy_state = PolicyState()
             policy = self.policy if stream.saw_uncond else self.policy_unguided
-            self.trace.config.update(guided=stream.saw_uncond, eps_main=policy.eps_main, eps_start=policy.eps_start)
+            self.trace.config.update(guided=stream.saw_uncond, eps_main=policy.eps_main, eps_start=policy.eps_start,
+                                     max_consecutive=policy.max_consecutive)
             decision = policy.decide(stream.policy_state, sigma, dx, self._is_final(sigma),
                                      self._cache_usable(stream, keys, x))
             policy.commit(stream.policy_state, sigma, decision)

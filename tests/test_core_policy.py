@@ -219,6 +219,15 @@ def test_k_for_budget_is_the_smallest_k_that_reaches_the_budget():
             assert k == 1 or min_evaluations(n, k - 1, {0, n - 1}) > b - 1
 
 
+def test_k_for_target_widens_k_only_for_extrapolating_runs_at_low_budgets():
+    from sencache_core.budget import k_for_target
+    forced = {0, 29}
+    assert [k_for_target(30, b, forced, False) for b in (15, 10, 8)] == [2, 3, 4]      # = k_for_budget
+    assert [k_for_target(30, b, forced, True) for b in (15, 11, 10, 8)] == [2, 3, 6, 6]  # 10 ≤ 0.35·30 < 11
+    assert [k_for_target(50, b, {0, 49}, True) for b in (25, 17, 13)] == [2, 6, 6]
+    assert k_for_target(30, 3, forced, True) == k_for_target(30, 3, forced, False) > 6   # never below what reaches it
+
+
 def test_extrapolate_is_first_order_in_sigma_and_leaves_inputs_alone():
     from sencache_core.reuse import extrapolate
     f0, f1 = torch.full((2, 3), 1.0), torch.full((2, 3), 3.0)

@@ -332,9 +332,9 @@ def test_budget_mode_derives_eps_for_a_target_speedup(sc, wan, conds, wan_profil
         assert b["target_computed"] == math.ceil(8 / speed) and b["simulated_computed"] <= b["target_computed"]
         assert tr.config["eps_start"] == pytest.approx(0.5 * tr.config["eps_main"])
         assert all(s.eps in (tr.config["eps_start"], tr.config["eps_main"]) for s in tr.steps)
-        # K for the target: the smallest that can reach it (8 steps, first + final computed), capped by the K input
-        # (min evaluations over 8 steps for K = 0..3: 8, 5, 4, 3; targets 8, 4, 4, 4)
-        assert b["max_consecutive"] == tr.config["max_consecutive"] == {1.0: 1, 2.0: 3, 2.5: 3, 2.51: 2}[speed]
+        # K for the target: the smallest that can reach it (8 steps, first + final computed), whatever the K input
+        # (which applies in ε mode; min evaluations over 8 steps for K = 0..3: 8, 5, 4, 3; targets 8, 4, 4, 4)
+        assert b["max_consecutive"] == tr.config["max_consecutive"] == {1.0: 1, 2.0: 3, 2.5: 3, 2.51: 3}[speed]
         run = longest = 0
         for s in tr.steps:
             run = run + 1 if s.reuse else 0
@@ -367,6 +367,14 @@ def test_strict_early_phase_only_with_cfg(sc, wan, conds, wan_profile):
         want = (b["eps_start"], b["eps_main"]) if cfg > 1 else (b["unguided_eps_main"], b["unguided_eps_main"])
         assert (tr.config["eps_start"], tr.config["eps_main"]) == want
         assert all(s.eps in want for s in tr.steps)
+    # extrapolating runs (output_extrapolated, no CFG) at ≤ 35 % of the steps: K ≥ 6 (sencache_core.budget.k_for_target)
+    # (12 steps, target 4: the smallest K that reaches it is 5, as 0, 6, 11 are computed)
+    for cfg, mode, k in ((1.0, "output_extrapolated", 6), (5.0, "output_extrapolated", 5), (1.0, "output", 5)):
+        m, holder = patched(sc, wan, wan_profile, eps=0.1, eps_start=0.02, k=3, target_speedup=3.0, reuse_mode=mode)
+        sampling.sample(m, *conds, lat, seed=5, steps=12, cfg=cfg)
+        tr = holder.last_trace
+        assert tr.config["max_consecutive"] == k and tr.config["budget"]["target_computed"] == 4
+        assert max(len(r) for r in "".join("r" if s.reuse else "c" for s in tr.steps).split("c")) <= k
 
 
 def test_output_extrapolated_applies_only_without_cfg(sc, wan, conds, wan_profile):
