@@ -295,8 +295,11 @@ def main(argv=None):
         f"{args.scheduler}, {args.steps} steps, CFG {args.cfg:g}, seed {args.seed}) → SenCacheDemoDecode → SaveImage / "
         f"SaveAnimatedWEBP. Prompt: \"{args.text}\".", "",
         f"- Weights: sha256 `{w['sha256']}`, training steps {w['training_steps']} (loss {w['loss']}).",
-        f"- SenCache: eps_main {st['eps_main']}, eps_start {st['eps_start']}, K {st['max_consecutive_reuse']}, reuse mode "
-        f"{st['reuse_mode']}, target_speedup {st['target_speedup']}; profile: {profile_source} — {holder.profile.describe()}.",
+        f"- SenCache inputs: eps_main {st['eps_main']}, eps_start {st['eps_start']}, K {st['max_consecutive_reuse']}, reuse mode "
+        f"{st['reuse_mode']}, target_speedup {st['target_speedup']}"
+        + (f" (in effect, derived from the target: eps_main {trace.config['eps_main']:.4g}, eps_start "
+           f"{trace.config['eps_start']:.4g}, K {trace.config['max_consecutive']})" if st['target_speedup'] else "")
+        + f"; profile: {profile_source} — {holder.profile.describe()}.",
         f"- Model evaluations: uncached {args.steps}; SenCache computed **{trace.computed} of {len(trace.steps)}** "
         f"(reused {trace.reused}).",
         f"- Wall-clock, median of {args.repeats} alternating repeats on this CPU (1 thread, shared machine): whole graph "
