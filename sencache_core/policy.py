@@ -73,7 +73,7 @@ class ReusePolicy:
         """The policy for a run with (guided) or without an unconditional pass. The stricter early phase protects
         what CFG decides in the first steps, where the guidance scale amplifies any error of the reused outputs;
         without guidance those first steps (tiny Δσ at a high shift) are the cheapest to reuse, and keeping them
-        strict cost up to 8.6 dB at equal evaluations on the demo model (results/experiments/README.md)."""
+        strict cost up to 6.3 dB at equal evaluations on the demo model (results/experiments/README.md)."""
         return self if guided else replace(self, eps_start=self.eps_main)
 
     def eps_at(self, sigma: float) -> float:
