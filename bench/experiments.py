@@ -62,8 +62,6 @@ VARIANTS = {
     "SenCache profile euler": ("profile calibrated with the euler sampler, used under this config's sampler",
                                {"profile": {"sampler": "euler"}}),
     "SenCache profile 50 steps": ("profile calibrated at 50 steps, used at this config's step count", {"profile": {"steps": 50}}),
-    "SenCache profile guided": ("profile measured on the CFG-guided output u + s·(c − u) (cond and uncond both "
-                                "re-evaluated at σ_prev) instead of the cond branch", {"profile": {"branch": "guided"}}),
     "SenCache profile 15 steps": ("profile calibrated at 15 steps, used at this config's step count", {"profile": {"steps": 15}}),
     "SenCache output_extrapolated (pack)": ("the pack's reuse_mode output_extrapolated: extrapolation as above, applied "
                                             "only in runs without an uncond pass", {"mode": "output_extrapolated"}),
@@ -257,8 +255,7 @@ class ExpBench(Q.Bench):
             with torch.inference_mode():
                 _, prof = self.sc.calibrate.calibrate(model, pos, neg, {"samples": C.empty_latent()}, seed,
                                                       spec.get("steps", self.N), self.cfg["cfg"],
-                                                      spec.get("sampler", self.cfg["sampler"]), self.cfg["scheduler"], 1,
-                                                      branch=spec.get("branch", "cond"))
+                                                      spec.get("sampler", self.cfg["sampler"]), self.cfg["scheduler"], 1)
             profs.append(prof)
         self.counter.clear_memo()
         return self.sc.core.merge_profiles(profs) if len(profs) > 1 else profs[0]

@@ -21,9 +21,8 @@ CAL_KEY = "sencache_calibration"
 
 
 class CalibrationHolder:
-    def __init__(self, channels: int, guided_scale: float | None = None):
+    def __init__(self, channels: int):
         self.channels = channels
-        self.guided_scale = guided_scale   # set: measure the CFG-guided output u + s·(c − u) instead of the cond branch
         self.runs: list = []
         self.current: TrajectoryCalibrator | None = None
         self.model_sampling = None
@@ -62,12 +61,6 @@ def _diffusion(executor, *args, **kwargs):
     per = x.shape[0] // len(cou)
     i = cou.index(0)
     rows = slice(i * per, (i + 1) * per)
-    guided = holder.guided_scale is not None and 1 in cou
-    if guided:       # cond and uncond in this call: measure what the sampler consumes, the guided output
-        j = cou.index(1)
-        s_cfg = holder.guided_scale
-        urows = slice(j * per, (j + 1) * per)
-        combine = lambda f: f[urows] + s_cfg * (f[rows] - f[urows])
     sigma = float(to["sigmas"].flatten()[0])
     cal = holder.current
     s_prev = cal.cross_sigma()
@@ -81,19 +74,18 @@ def _diffusion(executor, *args, **kwargs):
             kwargs = dict(kwargs, transformer_options=to2)
         else:
             args2[max(j for j, a in enumerate(args2) if a is to)] = to2
-        f_cross = executor(*args2, **kwargs)
-        f_cross = combine(f_cross) if guided else f_cross[rows]
-    cal.record(x[rows, :holder.channels], sigma, combine(out) if guided else out[rows], f_cross)
+        f_cross = executor(*args2, **kwargs)[rows]
+    cal.record(x[rows, :holder.channels], sigma, out[rows], f_cross)
     return out
 
 
 def calibrate(model, positive, negative, latent: dict, seed: int, steps: int, cfg: float, sampler_name: str,
-              scheduler: str, runs: int, denoise: float = 1.0, branch: str = "cond"):
+              scheduler: str, runs: int, denoise: float = 1.0):
     """Run `runs` samplings (seeds seed, seed+1, ...) with the calibration wrappers.
     Returns (latent dict of the first run, SensitivityProfile)."""
     facts = model_facts(model)
     m = model.clone()
-    holder = CalibrationHolder(facts["latent_channels"], cfg if branch == "guided" and cfg != 1.0 else None)
+    holder = CalibrationHolder(facts["latent_channels"])
     m.model_options.setdefault("transformer_options", {})[CAL_KEY] = holder
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, CAL_KEY, _outer)
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, CAL_KEY, _diffusion)
@@ -113,7 +105,7 @@ def calibrate(model, positive, negative, latent: dict, seed: int, steps: int, cf
             "latent_channels": facts["latent_channels"], "latent_shape": list(latent_image.shape[1:]),
             "model_class": facts["model_class"], "sampler": sampler_name, "scheduler": scheduler, "steps": steps,
             "cfg": cfg, "denoise": denoise, "shift": float(getattr(ms, "shift", 1.0)), "seeds": [seed, seed + runs - 1],
-            "branch": branch}
+            "branch": "cond"}
     profile = aggregate_runs(holder.runs, meta)
     out = latent.copy()
     out["samples"] = first
