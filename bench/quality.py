@@ -16,8 +16,8 @@ ComfyUI sampler (comfy.sample.sample, the path KSampler takes):
    their threshold (log-space bracketing/bisection) until the run uses exactly the budget; a sample that cannot
    be matched is reported and left out of that method's mean.
 3. Metrics vs the same sample's uncached frames: PSNR (dB), SSIM, VGG16 feature distance (bench/vgg_features.py;
-   not LPIPS); paired differences vs SenCache with the node's default reuse mode (output_extrapolated) with standard errors; wall-clock time per run measured with
-   the memo off on the first --timing-samples samples.
+   not LPIPS); paired differences vs SenCache with the node's default reuse mode (output_extrapolated) with standard
+   errors; wall-clock time per run measured with the memo off on the first --timing-samples samples.
 Writes results/quality/<config>.md, .json and .png.
 """
 from __future__ import annotations
@@ -59,15 +59,21 @@ FRACTIONS = (1 / 2, 1 / 3, 1 / 4)
 SHIFT_GRID = (1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 SHIFT_TUNING_SAMPLES = 3       # the first 3 calibration samples choose the re-tuned shift (CPU time)
 BASELINE = "SenCache (output_extrapolated)"     # the node's default reuse mode
-METHODS = ("SenCache (output_extrapolated)", "SenCache (output_extrapolated, K=6)", "SenCache (output)", "SenCache (output-input)", "EasyCache core (input copied)", "EasyCache core (as-is)",
+# SenCache rows: name -> (reuse mode, K; None = as the node's budget mode derives it)
+SENCACHE_ROWS = {"SenCache (output_extrapolated)": ("output_extrapolated", None),
+                 "SenCache (output_extrapolated, K=6)": ("output_extrapolated", 6),
+                 "SenCache (output)": ("output", None), "SenCache (output-input)": ("output_minus_input", None)}
+METHODS = (*SENCACHE_ROWS, "EasyCache core (input copied)", "EasyCache core (as-is)",
            "LazyCache core", "TeaCache-style", "MagCache-style", "Fixed interval (output)",
            "Fixed interval (output-input)", "Every k-th step (output)", "Fewer steps (shift 8)", "Fewer steps (shift tuned)")
-SHORT = {"SenCache (output_extrapolated)": "sc_ox", "SenCache (output_extrapolated, K=6)": "sc_ox_k6", "SenCache (output)": "sc_out", "SenCache (output-input)": "sc_omi", "EasyCache core (input copied)": "ec_copy",
+SHORT = {"SenCache (output_extrapolated)": "sc_ox", "SenCache (output_extrapolated, K=6)": "sc_ox_k6",
+         "SenCache (output)": "sc_out", "SenCache (output-input)": "sc_omi", "EasyCache core (input copied)": "ec_copy",
          "EasyCache core (as-is)": "ec_asis", "LazyCache core": "lazy", "TeaCache-style": "tea", "MagCache-style": "mag",
          "Fixed interval (output)": "fix_out", "Fixed interval (output-input)": "fix_omi",
          "Every k-th step (output)": "every_k",
          "Fewer steps (shift 8)": "steps", "Fewer steps (shift tuned)": "steps_shift"}
-OPTIONAL_METHODS = ("SenCache (output_extrapolated, K=6)", "Fixed interval (output-input)", "Every k-th step (output)")   # only with --methods (CPU time)
+# only with --methods (CPU time)
+OPTIONAL_METHODS = ("SenCache (output_extrapolated, K=6)", "Fixed interval (output-input)", "Every k-th step (output)")
 PARAM_RANGE = (1e-4, 20.0)
 PSNR_CAP = 100.0
 
@@ -206,10 +212,9 @@ class Bench:
         from bench import methods as M
         N = self.N
         if name.startswith("SenCache"):
-            mode = {"SenCache (output_extrapolated)": "output_extrapolated", "SenCache (output)": "output",
-                    "SenCache (output_extrapolated, K=6)": "output_extrapolated",
-                    "SenCache (output-input)": "output_minus_input"}[name]
-            K = 6 if name.endswith("K=6)") else M.sencache_k(N, B, mode == "output_extrapolated" and self.cfg["cfg"] == 1.0)
+            mode, K = SENCACHE_ROWS[name]
+            if K is None:        # as budget mode derives it; ComfyUI skips the uncond pass at CFG 1
+                K = M.sencache_k(N, B, mode == "output_extrapolated" and self.cfg["cfg"] == 1.0)
             st = self.sc.runtime.SenCacheSettings(eps_start=0.2 * p, eps_main=p, max_consecutive=K, reuse_mode=mode)
             return self.sc.apply.apply_sencache(self.model, self.profile, st)[0], N
         if name == "EasyCache core (input copied)":

@@ -14,7 +14,8 @@ import json
 import sys
 
 BASES = ("SenCache (output_extrapolated)", "SenCache (output)")
-SHOW = ("SenCache (output_extrapolated)", "SenCache (output_extrapolated, K=6)", "SenCache (output)", "SenCache (output-input)", "EasyCache core (input copied)", "EasyCache core (as-is)",
+SHOW = ("SenCache (output_extrapolated)", "SenCache (output_extrapolated, K=6)", "SenCache (output)",
+        "SenCache (output-input)", "EasyCache core (input copied)", "EasyCache core (as-is)",
         "LazyCache core", "TeaCache-style", "MagCache-style", "Fixed interval (output)", "Fewer steps (shift 8)",
         "Fewer steps (shift tuned)")
 

@@ -169,8 +169,9 @@ class RunState:
                 stream.previous.clear()
                 stream.policy_state = PolicyState()
             policy = self.policy if stream.saw_uncond else self.policy_unguided
-            self.trace.config.update(guided=stream.saw_uncond, eps_main=policy.eps_main, eps_start=policy.eps_start,
-                                     max_consecutive=policy.max_consecutive)
+            if self.trace.config.get("guided") is not stream.saw_uncond:    # the settings in effect, once known
+                self.trace.config.update(guided=stream.saw_uncond, eps_main=policy.eps_main,
+                                         eps_start=policy.eps_start, max_consecutive=policy.max_consecutive)
             decision = policy.decide(stream.policy_state, sigma, dx, self._is_final(sigma),
                                      self._cache_usable(stream, keys, x))
             policy.commit(stream.policy_state, sigma, decision)
