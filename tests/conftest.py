@@ -20,6 +20,19 @@ def pytest_configure(config):
     torch.set_num_threads(1)
 
 
+def pytest_report_header(config):
+    from devkit import host as h
+    return f"ComfyUI host: {h.version_text()} at {h.comfyui_dir()}"
+
+
+def needs_host(version: tuple[int, ...], why: str):
+    """Mark a test that needs ComfyUI >= version (skipped with the reason on an older host)."""
+    from devkit import host as h
+    have = h.comfyui_version()
+    return pytest.mark.skipif(have < version, reason=f"needs ComfyUI >= {h.version_text(version)} ({why}); "
+                                                      f"this host is {h.version_text(have)}")
+
+
 @pytest.fixture(scope="session")
 def comfy_base(tmp_path_factory):
     return tmp_path_factory.mktemp("comfy_base")
