@@ -119,6 +119,7 @@ class Stream:
     cache_sigma: dict = field(default_factory=dict)  # cond key -> σ of its cached parts
     previous: dict = field(default_factory=dict)     # cond key -> (σ, parts) computed before them (extrapolation)
     unchecked: dict = field(default_factory=dict)    # cond key -> device bool: its cached parts are all finite
+    out_is_list: bool = False                        # the model returned a list (reused outputs do the same)
     saw_uncond: bool = False
     eval_id: int = -1
     served: set = field(default_factory=set)
@@ -173,7 +174,7 @@ class RunState:
     @torch.compiler.disable   # decisions stay outside a torch.compile'd graph; the model call itself does not
     def before_call(self, x, to: dict):
         """Decide (once per evaluation and stream). Returns (reused output, None) or (None, PendingCall)."""
-        parts, is_list = as_parts(x)
+        parts, _ = as_parts(x)
         keys = list(to.get("uuids") or [None])
         cou = list(to.get("cond_or_uncond") or [])
         names = [("uncond" if c == 1 else "cond") if c in (0, 1) else str(u)
@@ -190,7 +191,7 @@ class RunState:
         if record.reuse and self._cache_usable(stream, keys, parts):
             out = self.reused_output(stream, keys, record.sigma, parts)
             record.reused_conds.extend(names)
-            return (out if is_list else out[0]), None
+            return (out if stream.out_is_list else out[0]), None
         return None, PendingCall(stream, record, keys, names, self._clock_start(parts[0]))
 
     def _stream(self, to: dict) -> Stream:
@@ -295,10 +296,11 @@ class RunState:
         if self.plan.no_reuse_reason is not None:
             return
         x_parts, _ = as_parts(x)
-        out_parts, _ = as_parts(out)
-        if len(out_parts) != len(x_parts) or any(o.shape[0] != p.shape[0] for o, p in zip(out_parts, x_parts)):
+        out_parts, out_is_list = as_parts(out)
+        if len(out_parts) > len(x_parts) or any(o.shape[0] != p.shape[0] for o, p in zip(out_parts, x_parts)):
             return
-        self.store_computed(call, x_parts, out_parts)
+        call.stream.out_is_list = out_is_list
+        self.store_computed(call, x_parts[:len(out_parts)], out_parts)
 
     def store_computed(self, call: PendingCall, x_parts: list, out_parts: list) -> None:
         stream, n = call.stream, len(call.keys)
@@ -324,7 +326,7 @@ class RunState:
         """Every cond of this call has cached parts of matching batch and spatial shape on the inputs' devices."""
         for k in keys:
             c = stream.cache.get(k)
-            if c is None or len(c) != len(parts):
+            if c is None or len(c) > len(parts):
                 return False
             for t, p in zip(c, parts):
                 if t.shape[0] != p.shape[0] // len(keys) or t.shape[2:] != p.shape[2:] or t.device != p.device:
