@@ -32,9 +32,10 @@ def check_profile(profile, facts: dict) -> list[str]:
     return warnings
 
 
-def apply_sencache(model, profile, settings: SenCacheSettings, node_id: str | None = None, notes: list | None = None):
-    """Attach SenCache to a clone of `model`; returns (model, holder). Warnings are logged and, when `notes` is a
-    list, appended to it (the node shows them)."""
+def apply_sencache(model, profile, settings: SenCacheSettings, node_id: str | None = None, publishers=(),
+                   run_class=None, notes: list | None = None):
+    """The model with SenCache attached, and its holder. publishers / run_class: SenCacheHolder's extension points.
+    Warnings are logged and, when `notes` is a list, appended to it (the node shows them)."""
     if profile is None:
         raise ProfileError("SenCache needs a sensitivity profile: connect Load Profile or a Sensitivity Calibrator")
     for name in ("eps_start", "eps_main"):
@@ -56,5 +57,6 @@ def apply_sencache(model, profile, settings: SenCacheSettings, node_id: str | No
         log.warning("SenCache: %s", w)
     if notes is not None:
         notes.extend(warnings)
-    holder = SenCacheHolder(profile, settings, facts["latent_channels"], node_id=node_id)
+    holder = SenCacheHolder(profile, settings, facts["latent_channels"], node_id=node_id, publishers=publishers,
+                            run_class=run_class)
     return attach(model, holder), holder

@@ -68,7 +68,7 @@ def tiny(host, comfy_base):
 @pytest.fixture(scope="session")
 def sc(pack):
     """The pack's modules as ComfyUI loaded them: sc.runtime, sc.apply, sc.calibrate, sc.profiles, sc.visualize, ...,
-    sc.core, sc.plotting."""
+    sc.core, sc.plotting (nodes.plotting)."""
     import importlib
     import types
     ns = types.SimpleNamespace()
@@ -76,7 +76,7 @@ def sc(pack):
         setattr(ns, name, importlib.import_module(f"{pack.__name__}.nodes.{name}"))
     ns.nodes = importlib.import_module(f"{pack.__name__}.nodes")
     ns.core = importlib.import_module(f"{pack.__name__}.sencache_core")
-    ns.plotting = importlib.import_module(f"{pack.__name__}.sencache_core.plotting")
+    ns.plotting = importlib.import_module(f"{pack.__name__}.nodes.plotting")
     return ns
 
 
