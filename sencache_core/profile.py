@@ -25,7 +25,7 @@ UNITS = {"sigma": "ComfyUI sampler sigma (flow models: t in [0,1])", "norm": "RM
 # Tolerance for lookups just outside the measured σ range, as a fraction of the range's width.
 RANGE_TOLERANCE = 0.05
 
-# Latent sizes D = elements of one sample's latent in the reference code's defaults (METHOD.md §2, §6).
+# Latent sizes D = elements of one sample's latent in the reference code's defaults (docs/METHOD.md §2, §6).
 D_PRESETS = {
     "wan21": 16 * 21 * 60 * 104,        # sqrt = 1447.98
     "cogvideox15": 14 * 16 * 60 * 90,   # sqrt = 1099.82
@@ -146,7 +146,7 @@ class SensitivityProfile:
 
     @classmethod
     def from_reference_npz(cls, path: str | os.PathLike, preset: str | None = None) -> "SensitivityProfile":
-        """Import the reference code's `sensitivity_{wan21,cogvid,ltx}.npz` (METHOD.md §6).
+        """Import the reference code's `sensitivity_{wan21,cogvid,ltx}.npz` (docs/METHOD.md §6).
 
         `timesteps` are in 0..1000 units and J_t_norm is a Frobenius norm over the reference latent of D
         elements per timestep unit. We convert to our units: α_t[per σ] = J_t_norm / sqrt(D) · |dt/dσ|, with
