@@ -4,11 +4,7 @@ Everything here reads a finished `RunTrace` (and a `SensitivityProfile`); nothin
 Matplotlib is imported lazily and only through its object API with the Agg canvas (no pyplot, no global
 backend switch): ComfyUI runs nodes in a worker thread and pyplot's global state is not thread-safe.
 
-Speed-up estimate (stated as an estimate everywhere it is shown): the run took `wall` seconds, of which
-`model` seconds were model calls for `computed` evaluations. Computing every evaluation would have cost
-about `wall + reused · model / computed`, so
-
-    speed-up ≈ (wall + reused · model / computed) / wall.
+The speed-up shown is the run's estimate, defined once in sencache_core.speedup.
 """
 from __future__ import annotations
 
@@ -17,6 +13,8 @@ from collections import Counter
 
 import numpy as np
 
+from .explain import no_reuse_reason
+from .speedup import ESTIMATE_NOTE
 from .trace import RunTrace
 
 COMPUTED_COLOR = "#3465a4"   # blue: the model ran
@@ -28,12 +26,8 @@ AT_COLOR = "#f57900"
 
 # ---- numbers -------------------------------------------------------------------------------------------
 def speedup_estimate(trace: RunTrace) -> float | None:
-    """Estimated speed-up from measured times (see module docstring); None if it cannot be estimated."""
-    wall, computed = trace.wall_seconds, trace.computed
-    if not wall or wall <= 0 or computed <= 0:
-        return None
-    per_eval = trace.model_seconds / computed
-    return (wall + trace.reused * per_eval) / wall
+    """The run's estimated speed-up (sencache_core.speedup); None if it cannot be estimated."""
+    return trace.speedup().value
 
 
 def _finite(v):
@@ -53,9 +47,9 @@ def compact(trace: RunTrace, node_id=None) -> dict:
     return {
         "node_id": None if node_id is None else str(node_id),
         "computed": trace.computed, "reused": trace.reused, "total": len(trace.steps),
-        "speedup": _finite(sp),
+        "speedup": _finite(sp), "speedup_kind": trace.speedup().kind, "speedup_text": trace.speedup().text(),
         "wall_seconds": _finite(trace.wall_seconds), "model_seconds": _finite(trace.model_seconds),
-        "interrupted": bool(trace.interrupted),
+        "interrupted": bool(trace.interrupted), "no_reuse_reason": no_reuse_reason(trace),
         "steps": [{"sigma": _finite(s.sigma), "reuse": bool(s.reuse), "S": _finite(s.score), "eps": _finite(s.eps),
                    "reason": s.reason} for s in trace.steps],
     }
@@ -70,7 +64,7 @@ def summary(trace: RunTrace, profile=None, node_id=None) -> str:
     sp = speedup_estimate(trace)
     if sp is not None:
         per = trace.model_seconds / c
-        lines.append(f"Speed-up ≈ {sp:.2f}× (an estimate from measured times: run {trace.wall_seconds:.3f} s wall, "
+        lines.append(f"{trace.speedup().text().capitalize()} ({ESTIMATE_NOTE}: run {trace.wall_seconds:.3f} s wall, "
                      f"model calls {trace.model_seconds:.3f} s for {c} computed evaluations = {per:.4f} s each; "
                      f"computing all {n} would have taken ≈ {trace.wall_seconds + r * per:.3f} s).")
     else:
@@ -87,6 +81,9 @@ def summary(trace: RunTrace, profile=None, node_id=None) -> str:
         lines.append("Per cond: " + ", ".join(f"{k} {a} computed/{b} reused" for k, (a, b) in sorted(pc.items())) + ".")
     if profile is not None:
         lines.append(profile.describe())
+    why = no_reuse_reason(trace)
+    if why:
+        lines.append(f"Nothing reused: {why}.")
     for w in trace.warnings:
         lines.append(f"Warning: {w}")
     return "\n".join(lines)
@@ -180,8 +177,8 @@ def render_run(trace: RunTrace, profile, title: str | None = None, width_px: int
     sp = speedup_estimate(trace)
     head = title or "SenCache run"
     line1 = f"{head}: computed {trace.computed}/{n} model evaluations ({trace.reused} reused)"
-    line2 = (f"measured speed-up ≈ {sp:.2f}×   (estimate from measured times: (wall + reused × mean model-call time) / wall; "
-             f"wall {trace.wall_seconds:.2f} s)" if sp is not None else "speed-up: not available")
+    line2 = (f"{trace.speedup().text()}   ((wall + reused × model-call time per computed evaluation) / wall; "
+             f"wall {trace.wall_seconds:.2f} s)" if sp is not None else trace.speedup().text())
     if trace.interrupted:
         line2 += "  —  run was INTERRUPTED"
     fig.text(0.5, 0.975, line1, ha="center", va="top", fontsize=17, weight="bold")

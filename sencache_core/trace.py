@@ -47,6 +47,11 @@ class RunTrace:
     def model_seconds(self) -> float:
         return sum(s.model_seconds for s in self.steps)
 
+    def speedup(self):
+        """The run's speed-up figure: an estimate (sencache_core.speedup), None-valued while unfinished."""
+        from .speedup import estimated
+        return estimated(self.wall_seconds, self.model_seconds, self.computed, self.reused)
+
     def per_cond(self) -> dict[str, tuple[int, int]]:
         out: dict[str, list[int]] = {}
         for s in self.steps:
@@ -68,6 +73,11 @@ class RunTrace:
                      + (f" (from target speed-up {c['budget']['target_speedup']}x)" if c.get("budget") else ""))
         wall = self.wall_seconds if self.wall_seconds is not None else time.perf_counter() - self.started
         parts.append(f"run {wall:.2f} s, model calls {self.model_seconds:.2f} s")
+        parts.append(self.speedup().text())
+        from .explain import no_reuse_reason
+        why = no_reuse_reason(self)
+        if why:
+            parts.append("nothing reused: " + why)
         if self.interrupted:
             parts.append("INTERRUPTED")
         return "SenCache: " + "; ".join(parts)
