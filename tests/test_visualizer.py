@@ -78,10 +78,10 @@ def test_plot_and_summary_match_the_trace(host, m, sampled, profile):
 
     n = len(trace.steps)
     assert f"computed {trace.computed}/{n} model evaluations, reused {trace.reused}" in text
-    assert "SenCache node 7" in text and "estimate from measured times" in text
+    assert "SenCache node 7" in text and "Estimated speed-up" in text and "measured speed-up" not in text.lower()
     expect = (trace.wall_seconds + trace.reused * trace.model_seconds / trace.computed) / trace.wall_seconds
     assert m.plotting.speedup_estimate(trace) == pytest.approx(expect)
-    assert float(re.search(r"Speed-up ≈ ([0-9.]+)×", text).group(1)) == pytest.approx(expect, abs=0.006)
+    assert float(re.search(r"Estimated speed-up ≈([0-9.]+)×", text).group(1)) == pytest.approx(expect, abs=0.006)
     assert float(re.search(r"run ([0-9.]+) s wall", text).group(1)) == pytest.approx(trace.wall_seconds, abs=6e-4)
     for reason in {s.reason for s in trace.steps}:
         count = sum(s.reason == reason for s in trace.steps)
@@ -132,15 +132,57 @@ def test_speedup_estimate_and_json_safety(m):
     assert img.shape[2] == 3
 
 
-def test_trace_event_sent_per_run_and_noop_without_server(m, wan, conds, profile, monkeypatch):
+def test_one_speed_up_definition_everywhere(m, sampled, profile):
+    """Log line, Visualizer summary and title, and the UI event carry the same figure, labelled an estimate; only a
+    comparison with a timed uncached run is labelled measured."""
+    import importlib
+    speedup = importlib.import_module(m.plotting.__name__.rsplit(".", 1)[0] + ".speedup")
+    _, holder, _ = sampled
+    trace = holder.last_trace
+    est = speedup.of_trace(trace)
+    assert est.kind == speedup.ESTIMATED and est.value > 1.0
+    label = est.text()
+    assert label.startswith("estimated speed-up ≈") and "measured" not in label
+    assert label in m.plotting.summary_line(trace)
+    assert label.capitalize() in m.plotting.summary(trace, profile)
+    c = m.plotting.compact(trace, "7")
+    assert c["speedup_text"] == label and c["speedup_kind"] == "estimated" and c["speedup"] == pytest.approx(est.value)
+    assert speedup.measured(3.0, 2.0).text() == "measured speed-up 1.50× (wall-clock vs an uncached run)"
+    assert speedup.measured(3.0, 0.0).value is None and speedup.estimated(None, 0.0, 0, 0).value is None
+
+
+def test_a_run_that_reuses_nothing_says_why(m, wan, conds, profile):
+    """10 steps where ε sits below every predicted change: 10/10 computed, and the log line, summary and UI event
+    say why and what to change."""
+    settings = m.runtime.SenCacheSettings(eps_start=1e-6, eps_main=1e-6, max_consecutive=3)
+    model, holder = m.apply.apply_sencache(wan, profile, settings, node_id="9")
+    sampling.sample(model, *conds, sampling.wan_latent(), seed=0, steps=10)
+    trace = holder.last_trace
+    assert trace.computed == 10 and trace.reused == 0
+    why = m.plotting.no_reuse_reason(trace)
+    assert "S stayed above ε" in why and "raise eps_main" in why
+    assert "nothing reused: " + why in m.plotting.summary_line(trace)
+    assert why in m.plotting.summary(trace) and m.plotting.compact(trace, "9")["no_reuse_reason"] == why
+    # a run that reused something has no reason
+    settings = m.runtime.SenCacheSettings(eps_start=0.5, eps_main=0.5, max_consecutive=2)
+    model, holder = m.apply.apply_sencache(wan, profile, settings)
+    sampling.sample(model, *conds, sampling.wan_latent(), seed=0, steps=10)
+    assert holder.last_trace.reused > 0 and m.plotting.no_reuse_reason(holder.last_trace) is None
+
+
+def test_trace_event_sent_per_run_and_noop_without_server(host, m, wan, conds, profile, monkeypatch):
     ev = m.ui_events
-    assert any(f is ev.send_trace_event for f in m.runtime.DEFAULT_LISTENERS)
-    ev.register()
-    assert sum(f is ev.send_trace_event for f in m.runtime.DEFAULT_LISTENERS) == 1
+    # the SenCache node builds its holder with the UI publishers, explicitly (no global registry)
+    node = host.NODE_CLASS_MAPPINGS["SenCacheApply"]
+    patched = node.execute(model=wan, profile=profile, eps_main=0.5, eps_start=0.5, eps_switch_percent=0.2,
+                           max_consecutive_reuse=2, reuse_start_percent=0.0, reuse_end_percent=1.0,
+                           protect_final_step=True, use_high_percentile=False, reuse_mode="output").args[0]
+    assert m.runtime.find_holder(patched).publishers == list(ev.NODE_PUBLISHERS)
+    assert not hasattr(m.runtime, "DEFAULT_LISTENERS")
 
     settings = m.runtime.SenCacheSettings(eps_start=0.5, eps_main=0.5, max_consecutive=2)
-    model, holder = m.apply.apply_sencache(wan, profile, settings, node_id="12")
-    assert ev.send_trace_event in holder.listeners
+    model, holder = m.apply.apply_sencache(wan, profile, settings, node_id="12", publishers=ev.NODE_PUBLISHERS)
+    assert ev.send_trace_event in holder.publishers
     # library mode: no PromptServer instance -> nothing sent, sampling unaffected
     server_mod = sys.modules.get("server")
     if server_mod is not None and hasattr(server_mod, "PromptServer"):
@@ -185,3 +227,36 @@ def test_calibrator_shows_profile_plot(host, m, wan, conds):
     os.makedirs(ARTIFACTS, exist_ok=True)
     import shutil
     shutil.copy(path, os.path.join(ARTIFACTS, "calibrator_profile.png"))
+
+
+def test_clone_with_lora_patch_keeps_the_holder_and_publishes(host, m, wan, conds, profile, monkeypatch):
+    """Clones of the SenCache MODEL (LoRA-style weight patch, another clone after it) share the one holder: the run
+    reaches the Visualizer of the SenCache node's MODEL and the UI publisher. The holder is an attachment bound
+    into the wrappers, not a model_options entry, so a host's clone() semantics for model_options do not matter."""
+    import copy
+    got = []
+    settings = m.runtime.SenCacheSettings(eps_start=0.5, eps_main=0.5, max_consecutive=2)
+    model, holder = m.apply.apply_sencache(wan, profile, settings, node_id="3",
+                                           publishers=[lambda h, t: got.append((h, t)), *m.ui_events.NODE_PUBLISHERS])
+    assert m.runtime.KEY not in model.model_options.get("transformer_options", {})
+    lora = model.clone()
+    key = next(k for k in lora.model_state_dict() if k.endswith(".weight") and "blocks.0." in k)
+    w = lora.model_state_dict()[key]
+    lora.add_patches({key: (torch.full_like(w, 0.05),)}, 1.0)       # a "diff" patch, as LoRA loaders add
+    later = lora.clone()
+    later.model_options = copy.deepcopy(later.model_options)       # whatever a host's clone does to model_options
+    assert m.runtime.find_holder(later) is holder
+
+    sent = []
+    fake = types.ModuleType("server")
+    fake.PromptServer = type("PromptServer", (), {"instance": types.SimpleNamespace(
+        client_id=None, last_prompt_id="p", send_sync=lambda e, d, sid=None: sent.append((e, d)))})
+    monkeypatch.setitem(sys.modules, "server", fake)
+    out = sampling.sample(later, *conds, sampling.wan_latent(), seed=4, steps=6)
+    plain = sampling.sample(model, *conds, sampling.wan_latent(), seed=4, steps=6)
+    assert not torch.equal(out, plain)                  # the weight patch took effect
+    assert len(got) == 2 and got[0][0] is holder and len(sent) == 2 and sent[0][0] == "sencache.trace"
+    assert sent[0][1]["node_id"] == "3" and sent[0][1]["total"] == 6
+    # the Visualizer of the SenCache node's own MODEL shows the last run
+    vis = host.NODE_CLASS_MAPPINGS["SenCacheVisualizer"].execute(model=model, latent={"samples": plain})
+    assert vis.args[0].shape[0] == 1 and holder.last_trace is got[-1][1]

@@ -35,7 +35,7 @@ function findNode(nodeId) {
 }
 
 function speedupText(t) {
-  // the server's label (sencache_core/speedup.py) is the one definition; never relabel it here
+  // the server's label (nodes/speedup.py) is the one definition; never relabel it here
   return typeof t.speedup_text === "string" ? t.speedup_text : "speed-up: not available";
 }
 

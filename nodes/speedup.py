@@ -9,6 +9,8 @@ Visualizer, demo report).
       speed-up ≈ (wall + reused · model_seconds / computed) / wall
 
   It is always labelled an estimate (`estimated`).
+
+Plain Python (no ComfyUI import), so the benchmarks and the demo report use it too.
 """
 from __future__ import annotations
 
@@ -50,3 +52,8 @@ def measured(uncached_seconds: float, cached_seconds: float) -> SpeedUp:
 
 ESTIMATE_NOTE = ("estimated from the evaluation counts and the measured time per model call: "
                  "(wall + reused × model-call time per computed evaluation) / wall")
+
+
+def of_trace(trace) -> SpeedUp:
+    """The estimate of a finished sencache_core RunTrace."""
+    return estimated(trace.wall_seconds, trace.model_seconds, trace.computed, trace.reused)
