@@ -27,7 +27,7 @@ class SenCache(io.ComfyNode):
                 io.Float.Input("eps_main", default=0.1, min=0.0, max=10.0, step=0.005,
                                tooltip="Reuse threshold ε after the early phase: the predicted RMS change per element of the "
                                        "model output (the model's own output units, e.g. velocity for Wan/LTXV). Higher = faster, "
-                                       "lower fidelity; 0 = never reuse."),
+                                       "lower fidelity; 0 = never reuse (eps_start is then 0 too)."),
                 io.Float.Input("eps_start", default=0.02, min=0.0, max=10.0, step=0.005,
                                tooltip="Stricter ε (same units as eps_main) for the fragile early part of the schedule, until eps_switch_percent. "
                                        "Applies to runs with CFG (an uncond pass) only: without CFG eps_main applies throughout."),
@@ -100,6 +100,8 @@ class SensitivityCalibrator(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, runs, denoise, save_as) -> io.NodeOutput:
+        if save_as.strip():
+            profiles.check_prefix(save_as)      # a bad name fails now, not after the whole calibration
         latent, profile = calibrate(model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, runs, denoise)
         text = profile.describe()
         if save_as.strip():
@@ -154,7 +156,7 @@ class LoadProfile(io.ComfyNode):
 def _profile_names() -> list[str]:
     import folder_paths
     try:
-        return folder_paths.get_filename_list(profiles.FOLDER)
+        return profiles.safe_names(folder_paths.get_filename_list(profiles.FOLDER))
     except Exception:
         return []
 
