@@ -10,9 +10,10 @@ ComfyUI's own WrapperExecutor, as the sampler's DIFFUSION_MODEL call does; the l
 - no wrapper: the stand-in called through an executor without wrappers (the floor);
 - SenCache (this tree) and, with --before DIR, SenCache from another tree of this pack (e.g. `git archive main`);
 - core EasyCache: comfy_extras.nodes_easycache's forward wrapper (ComfyUI's own), threshold 0.2, subsample 8.
-Per evaluation: median µs of computed and of reused evaluations over `--repeats` runs (each run after one warm-up),
-and the mean over all evaluations. On CUDA each timed evaluation ends with a synchronize, so the wrapper's kernels
-and any stall it causes are counted.
+Per evaluation: median µs of computed and of reused evaluations over `--repeats` runs per method (methods
+interleaved, after one warm-up round), and the mean over all evaluations. On CPU the clock is the calling thread's
+CPU time (torch runs single-threaded on it); on CUDA wall time, each timed evaluation ending with a synchronize, so
+the wrapper's kernels and any stall it causes are counted.
 """
 from __future__ import annotations
 
@@ -66,43 +67,49 @@ def load_pack(path: pathlib.Path):
     return importlib.import_module(f"{name}.nodes.runtime"), importlib.import_module(f"{name}.sencache_core")
 
 
-def drive(make_run, wrappers, device, cfg: bool, repeats: int):
-    """Run the schedule `repeats` + 1 times (the first is warm-up); returns (computed µs list, reused µs list)."""
+class Scene:
+    """The tensors of one scenario (with or without CFG), shared by every method."""
+
+    def __init__(self, device, cfg: bool):
+        self.B = 2 if cfg else 1
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        self.v = torch.randn((self.B, *SHAPE), generator=gen).to(device)
+        self.x0 = torch.randn((self.B, *SHAPE), generator=gen).to(device)
+        self.out_buf = torch.randn((self.B, *SHAPE), generator=gen).to(device)
+        self.context = torch.zeros(self.B, 4, 8, device=device)
+        self.uuids, self.cou = (["u", "c"], [1, 0]) if cfg else (["c"], [0])
+        self.device = device
+
+
+def drive(scene: Scene, make_run, wrappers, clock):
+    """One run of the schedule; returns (computed µs list, reused µs list)."""
     import comfy.patcher_extension as pe
-    B = 2 if cfg else 1
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    v = torch.randn((B, *SHAPE), generator=gen).to(device)
-    x0 = torch.randn((B, *SHAPE), generator=gen).to(device)
-    out_buf = torch.randn((B, *SHAPE), generator=gen).to(device)
-    context = torch.zeros(B, 4, 8, device=device)
     calls = [0]
 
     def stand_in(x, timestep, context, transformer_options={}, **kwargs):
         calls[0] += 1
-        return out_buf
+        return scene.out_buf
 
+    dev = scene.device
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     sig = schedule()
-    uuids, cou = (["u", "c"], [1, 0]) if cfg else (["c"], [0])
     comp, reus = [], []
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    for r in range(repeats + 1):
-        x = x0.clone()
-        to_base, begin = make_run(sig)
-        for i in range(STEPS):
-            s = sig[i].view(1).to(device)
-            to = dict(to_base, sigmas=s, uuids=uuids, cond_or_uncond=cou)
-            t = s.repeat(B) * 1000
-            begin()
-            ex = pe.WrapperExecutor.new_executor(stand_in, list(wrappers))
-            n0 = calls[0]
-            sync()
-            t0 = time.perf_counter()
-            ex.execute(x, t, context, to)
-            sync()
-            dt = (time.perf_counter() - t0) * 1e6
-            if r > 0:
-                (comp if calls[0] > n0 else reus).append(dt)
-            x.add_(v, alpha=float(sig[i + 1] - sig[i]))
+    x = scene.x0.clone()
+    to_base, begin = make_run(sig)
+    for i in range(STEPS):
+        s = sig[i].view(1).to(dev)
+        to = dict(to_base, sigmas=s, uuids=scene.uuids, cond_or_uncond=scene.cou)
+        t = s.repeat(scene.B) * 1000
+        ex = pe.WrapperExecutor.new_executor(stand_in, list(wrappers))
+        n0 = calls[0]
+        sync()
+        t0 = clock()
+        begin()
+        ex.execute(x, t, scene.context, to)
+        sync()
+        dt = (clock() - t0) * 1e6
+        (comp if calls[0] > n0 else reus).append(dt)
+        x.add_(scene.v, alpha=float(sig[i + 1] - sig[i]))
     return comp, reus
 
 
@@ -159,16 +166,27 @@ def main(argv=None):
     packs.append((args.after_label, importlib.import_module(f"{after.__name__}.nodes.runtime"),
                   importlib.import_module(f"{after.__name__}.sencache_core")))
 
+    # CPU: the calling thread's CPU time (torch runs on it with 1 thread), which other processes on a shared machine
+    # disturb far less than wall time; CUDA: wall time up to a synchronize
+    clock = time.thread_time if device.type == "cpu" else time.perf_counter
     rows = []
     for cfg in (True, False):
+        scene = Scene(device, cfg)
         methods = [("no wrapper", none_method())]
         for label, R, core in packs:
             mode = "output" if cfg else "output_extrapolated"
             methods.append((f"{label} ({mode})", sencache_method(R, core, mode)))
             methods.append((f"{label} (ε = 0)", sencache_method(R, core, "output", eps=0.0)))
         methods.append(("core EasyCache", easycache_method()))
-        for name, (make_run, wrappers) in methods:
-            comp, reus = drive(make_run, wrappers, device, cfg, args.repeats)
+        got = {name: ([], []) for name, _ in methods}
+        for r in range(args.repeats + 1):               # methods interleaved; the first round is warm-up
+            for name, (make_run, wrappers) in methods:
+                comp, reus = drive(scene, make_run, wrappers, clock)
+                if r > 0:
+                    got[name][0].extend(comp)
+                    got[name][1].extend(reus)
+        for name, _ in methods:
+            comp, reus = got[name]
             allv = comp + reus
             rows.append({"cfg": cfg, "method": name, "computed": len(comp) // args.repeats,
                          "reused": len(reus) // args.repeats,
@@ -177,11 +195,14 @@ def main(argv=None):
                          "us_mean": statistics.fmean(allv) if allv else None})
             print(f"  {'CFG' if cfg else 'no CFG'} {name}: {rows[-1]['computed']} computed, {rows[-1]['reused']} reused",
                   flush=True)
+        del scene
     base = {r["cfg"]: r["us_mean"] for r in rows if r["method"] == "no wrapper"}
     lines = [f"Wrapper cost per model evaluation, zero-cost stand-in model, latent [B, {', '.join(map(str, SHAPE))}] "
              f"(Wan 2.1 1.3B, 480p, 81 frames), {STEPS} steps (shift {SHIFT:g}), device {device} "
              f"({platform.processor() or platform.machine()}, {args.threads} thread(s)), torch {torch.__version__}; "
-             f"median of {args.repeats} runs after a warm-up.", "",
+             f"{'CPU time of the calling thread' if device.type == 'cpu' else 'wall time to a synchronize'}, "
+             f"median over the evaluations of {args.repeats} interleaved runs per method after a warm-up round; "
+             "mean = all evaluations of a run (computed and reused).", "",
              "| run | method | computed / reused | µs per computed eval | µs per reused eval | mean µs per eval | "
              "mean over no wrapper |", "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -194,7 +215,8 @@ def main(argv=None):
     if args.out:
         out = pathlib.Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        command = "python -m bench.overhead " + " ".join(argv if argv is not None else sys.argv[1:])
+        import shlex
+        command = "python -m bench.overhead " + shlex.join(argv if argv is not None else sys.argv[1:])
         out.write_text(f"# Wrapper overhead per evaluation ({device.type})\n\nCommand: `{command}`\n\n{text}\n")
     return rows
 

@@ -60,6 +60,15 @@ def test_nodes_registered(host):
                 assert spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
 
 
+def test_shipped_nodes_import_no_training_or_devkit_code(pack, sc):
+    """Every node module is imported as ComfyUI loads the pack (no optional loading); none of them pulls in the demo
+    model's training script or the devkit."""
+    import sys
+    loaded = {m for m in sys.modules if m.startswith(pack.__name__ + ".")}
+    assert {f"{pack.__name__}.nodes.{n}" for n in ("visualize", "demo", "plotting", "ui_events")} <= loaded
+    assert not any(m.endswith(".demo_model.train") or ".devkit" in m for m in loaded)
+
+
 @pytest.mark.parametrize("sampler", ["euler", "uni_pc"])
 def test_eps_zero_is_bit_identical_wan_batched(sc, wan, conds, wan_profile, sampler):
     ref = sampling.sample(wan, *conds, sampling.wan_latent(), seed=3, sampler_name=sampler)
@@ -67,6 +76,9 @@ def test_eps_zero_is_bit_identical_wan_batched(sc, wan, conds, wan_profile, samp
     out = sampling.sample(m, *conds, sampling.wan_latent(), seed=3, sampler_name=sampler)
     assert torch.equal(out, ref)
     assert holder.last_trace.reused == 0 and holder.last_trace.computed == 8
+    # the plan knows nothing can be reused: no Δx measured, nothing cached
+    assert holder.last_trace.config["no_reuse_reason"] == "ε is 0"
+    assert all(s.dx is None and s.score is None for s in holder.last_trace.steps)
     # both conds went through one batched call per step
     assert all(sorted(s.computed_conds) == ["cond", "uncond"] for s in holder.last_trace.steps)
 
