@@ -1,8 +1,10 @@
 """Model families beyond the Wan 2.1 T2V most tests use, on the real host: Wan 2.2 TI2V 5B (ComfyUI class WAN22,
 48-channel latent, per-frame timesteps when the first frame is given) and a model class SenCache does not list
-(HunyuanVideo), which must be named in a clear message while the generic path still works."""
+(HunyuanVideo), which must be named in a clear message while the generic path still works; and CogVideoX, which no
+host we run has natively, through a stand-in that follows upstream core's class (devkit.tiny_cogvideox)."""
 import logging
 
+import numpy as np
 import pytest
 import torch
 
@@ -89,3 +91,58 @@ def test_listed_model_class_gets_no_such_note(sc, host, wan, wan_profile):
                         max_consecutive_reuse=3, reuse_start_percent=0.0, reuse_end_percent=1.0,
                         protect_final_step=True, use_high_percentile=False, reuse_mode="output")
     assert not any("model class" in t for t in ((out.ui or {}).get("text") or []))
+
+
+def cog_conds():
+    return sampling.text_cond(1, width=32), sampling.text_cond(2, width=32)
+
+
+@pytest.mark.parametrize("channels,ofs", [(16, False), (32, True)], ids=["t2v", "i2v_ofs"])
+def test_cogvideox_stand_in_through_the_real_sampler(sc, host, channels, ofs):
+    """No host we run has native CogVideoX: devkit.tiny_cogvideox follows upstream core's class (call convention,
+    channels, integer timesteps, zero-terminal-SNR σ table, ofs). SenCache finds transformer_options at args[4],
+    decides on the 16 noisy channels, is bit-identical at ε = 0 and reuses above it, under the real sampler."""
+    import importlib
+    from devkit import tiny_cogvideox
+    core_profile = importlib.import_module(sc.core.__name__ + ".profile")
+    m = tiny_cogvideox.build(channels, ofs)
+    assert type(m.model).__name__ == "CogVideoX" and m.model.latent_format.latent_channels == 16
+    table = m.model.model_sampling.sigmas.double().numpy()
+    assert table[-1] == pytest.approx(4518.76, abs=0.01)
+    assert np.allclose(core_profile._cogvideox_sigma(np.arange(1000.0)), table, rtol=1e-5)  # the npz conversion's σ
+    pos, neg = cog_conds()
+    lat = sampling.wan_latent()
+    _, prof = sc.calibrate.calibrate(m, pos, neg, {"samples": lat}, 0, 8, 6.0, "euler", "simple", 1)
+    assert prof.sigma_range[1] == pytest.approx(4518.76, abs=0.01) and prof.metadata["model_class"] == "CogVideoX"
+    ref = sampling.sample(m, pos, neg, lat, seed=3, steps=8, cfg=6.0)
+    p, holder = sc.apply.apply_sencache(m, prof, settings(sc, eps=0.0))
+    assert torch.equal(sampling.sample(p, pos, neg, lat, seed=3, steps=8, cfg=6.0), ref)
+    p, holder = sc.apply.apply_sencache(m, prof, settings(sc, eps=50.0, k=2))
+    seen = []
+    p.add_wrapper_with_key("diffusion_model", "test_spy", lambda ex, *a, **k: (
+        seen.append((a[0].shape[1], isinstance(a[4], dict), float(a[1].flatten()[0]))), ex(*a, **k))[1])
+    out = sampling.sample(p, pos, neg, lat, seed=3, steps=8, cfg=6.0)
+    assert out.shape == lat.shape and torch.isfinite(out).all() and holder.last_trace.reused > 0
+    assert {s[:2] for s in seen} == {(channels, True)} and seen[0][2] == 999.0      # integer DDPM steps from 999
+    assert not holder.last_trace.warnings
+
+
+@pytest.mark.parametrize("top_t", [999, 979])
+def test_cogvideox_reference_npz_covers_the_whole_schedule(sc, tmp_path, caplog, top_t):
+    """A reference `.npz` (CogVideoX, t in scheduler steps) covers ComfyUI's σ up to ≈ 4519: with t = 999 in the
+    file directly, without it through the flat extension above a high-noise top (an INFO note, no warning)."""
+    from devkit import tiny_cogvideox
+    f = tmp_path / "sensitivity_cogvid.npz"
+    t = np.linspace(top_t, 19, 50).round().astype(np.int64)
+    np.savez(f, timesteps=t, J_x_norm=np.full(50, 1.0), J_t_norm=np.full(50, 1.0), sample_counts=np.full(50, 4))
+    prof = sc.core.SensitivityProfile.load(f)
+    m = tiny_cogvideox.build(16)
+    pos, neg = cog_conds()
+    p, holder = sc.apply.apply_sencache(m, prof, settings(sc, eps=0.5, k=3))
+    with caplog.at_level(logging.INFO, logger="SenCache"):
+        sampling.sample(p, pos, neg, sampling.wan_latent(), seed=3, steps=8, cfg=6.0)
+    tr = holder.last_trace
+    assert not tr.warnings and "sigma_outside_profile" not in {s.reason for s in tr.steps}
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "outside" in r.getMessage()]
+    notes = [r for r in caplog.records if "above the profile's top" in r.getMessage()]
+    assert len(notes) == (0 if top_t == 999 else 1)
