@@ -10,8 +10,10 @@ Each workflow: standard ComfyUI nodes plus this pack's, and MarkdownNote nodes s
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import sys
+import time
 
 from .workflow import MODE_NEVER, Graph, render_thumbnail, save
 
@@ -23,7 +25,8 @@ SENCACHE_HOWTO = (
     "**Load Profile → SenCache → sampler.** `eps_main` is the reuse threshold (predicted RMS change per element of "
     "the model output): raise it for speed, lower it for fidelity; `max_consecutive_reuse` (K) caps the speed-up at "
     "K+1. Or set `target_speedup` (e.g. 2.0) and let SenCache pick ε from the profile.\n\n"
-    "Each run logs one line (computed/reused evaluations, time); the node shows the run as a strip.\n\n"
+    "Each run logs one line (computed/reused evaluations, time, estimated speed-up); the node shows the run as "
+    "a strip.\n\n"
     "Best results come from a profile of **your** model/LoRA/resolution: see the workflow "
     "`sencache_calibrate_save_load_apply`.")
 
@@ -284,13 +287,14 @@ def calibrate(info) -> dict:
 
 def demo(info) -> dict:
     g = Graph(info)
-    g.note("### SenCache demo model (runs on a CPU in seconds)\n\n"
+    g.note("### SenCache demo model (CPU, about 40 s)\n\n"
            "A small Wan 2.1-architecture model trained in this repository on procedural videos of coloured shapes. "
            "No text encoder or VAE needed: **SenCache Demo Prompt** makes the conditioning, **SenCache Demo Decode** "
            "the frames.\n\nModel file: copy `demo_model/weights/sencache_demo_wan.safetensors` of this pack to "
-           "`models/diffusion_models/`.\n\nThe Calibrator measures the demo model's profile in the same run (2 runs, "
-           "30 steps: a few seconds); the Visualizer plots the SenCache run: S against ε per step, computed and "
-           "reused steps, the measured speed-up.\n\nPrompt words: colours red, green, blue, yellow, white, black, "
+           "`models/diffusion_models/`.\n\nThe whole workflow took about 40 s on one CPU thread: the Calibrator "
+           "measures the demo model's profile (2 runs of 30 steps, one extra evaluation per step), then the "
+           "KSampler runs with SenCache. The Visualizer plots that run: S against ε per step, computed and reused "
+           "steps, the estimated speed-up.\n\nPrompt words: colours red, green, blue, yellow, white, black, "
            "orange, purple, cyan, gray; shapes circle, square, triangle; 'A and B on C'.", (0, -400), (600, 370))
     unet = g.node("UNETLoader", (0, 0), unet_name="sencache_demo_wan.safetensors", weight_dtype="default")
     ms = g.node("ModelSamplingSD3", (0, 130), shift=8.0)
@@ -362,7 +366,10 @@ def render_demo_frames(srv, info: dict, count: int = 8):
     for n in prompt.values():          # frames as PNGs we can fetch, instead of an animated WEBP
         if n["class_type"] == "SaveAnimatedWEBP":
             n["class_type"], n["inputs"] = "PreviewImage", {"images": n["inputs"]["images"]}
+    t0 = time.perf_counter()
     entry = srv.run(prompt, timeout=600)
+    print(f"demo workflow ran in {time.perf_counter() - t0:.1f} s (server queue to outputs, OMP_NUM_THREADS="
+          f"{os.environ.get('OMP_NUM_THREADS')})")
     dec = next(k for k, n in prompt.items() if n["class_type"] == "SenCacheDemoDecode")
     pid = next(k for k, n in prompt.items() if n["class_type"] == "PreviewImage" and n["inputs"]["images"][0] == dec)
     files = entry["outputs"][pid]["images"]

@@ -155,3 +155,49 @@ def test_strip_shows_the_servers_trace(server, page):
     page.eval("(app.graph.getNodeById(9).setSize([1000, 820]), true)")
     focus(page, 9, scale=0.8)
     page.screenshot(ARTIFACTS / "ui_visualizer_plot.png")
+
+
+WINDOW = (1600, 1000)
+
+
+def test_every_template_opens_with_all_nodes_in_view(server):
+    """Each example workflow, loaded as the template browser loads it (its saved view restored), shows every node,
+    its title bar and its notes unobstructed inside a 1600×1000 window: every corner and the centre of each node is
+    the graph canvas (or the node's own text widget) at that point, not the menu, the tab bar, a side bar, the run
+    toolbar, the minimap or off-screen. The view is the one the workflow saves (extra.ds, devkit.workflow.fit_view)."""
+    import devkit.example_workflows as ex
+    with browser.Chromium(server.url, width=WINDOW[0], height=WINDOW[1]) as p:
+        p.wait_for("!!(window.app && window.app.graph && window.LiteGraph && "
+                   "LiteGraph.registered_node_types['SenCacheApply'])", timeout=120)
+        problems = {}
+        for name in ex.WORKFLOWS:
+            wf = json.loads((ex.OUT / f"{name}.json").read_text())
+            p.eval(f"""Promise.resolve(app.loadGraphData({json.dumps(wf)}, true, true, {json.dumps(name)},
+                       {{showMissingNodesDialog: false, showMissingModelsDialog: false}})).then(() => true)""")
+            p.eval("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(true))))")
+            report = p.eval("""(() => {
+                const c = app.canvas, r = c.canvas.getBoundingClientRect(), th = LiteGraph.NODE_TITLE_HEIGHT;
+                const out = [];
+                for (const n of app.graph._nodes) {
+                    const [x0, y0] = c.ds.convertOffsetToCanvas([n.pos[0], n.pos[1] - th]);
+                    const [x1, y1] = c.ds.convertOffsetToCanvas([n.pos[0] + n.size[0], n.pos[1] + n.size[1]]);
+                    const pts = [[x0 + 2, y0 + 2], [x1 - 2, y0 + 2], [x0 + 2, y1 - 2], [x1 - 2, y1 - 2],
+                                 [(x0 + x1) / 2, (y0 + y1) / 2]].map(([x, y]) => [r.left + x, r.top + y]);
+                    const hidden = pts.filter(([x, y]) => {
+                        if (x < 0 || y < 0 || x >= innerWidth || y >= innerHeight) return true;
+                        const el = document.elementFromPoint(x, y);     // the canvas, or a node's own DOM widget
+                        return !(el === c.canvas || el?.closest?.('.dom-widget, .comfy-multiline-input, textarea'));
+                    });
+                    if (hidden.length) out.push(`${n.type} #${n.id}: ${hidden.length} of 5 points hidden, screen box ` +
+                        `[${Math.round(r.left + x0)}, ${Math.round(r.top + y0)}, ${Math.round(r.left + x1)}, ${Math.round(r.top + y1)}]` +
+                        ` (${hidden.map(([x, y]) => document.elementFromPoint(x, y)?.className || 'outside').join('; ')})`);
+                }
+                return {nodes: app.graph._nodes.length, problems: out, scale: c.ds.scale, offset: [...c.ds.offset],
+                        notes: app.graph._nodes.filter(n => /Note/.test(n.type)).length};
+            })()""")
+            assert report["nodes"] == len(wf["nodes"]) and report["notes"] >= 1, (name, report)
+            if report["problems"]:
+                problems[name] = report
+            ARTIFACTS.mkdir(exist_ok=True)
+            p.screenshot(ARTIFACTS / f"template_{name}.png")
+        assert not problems, json.dumps(problems, indent=1)
