@@ -231,6 +231,8 @@ class Graph:
 # left, top, right, bottom. tests/test_ui_browser.py checks the result in the real frontend.
 VIEW_BOX = (75, 145, 1310, 830)
 TITLE_H = 30      # LiteGraph's node title bar, drawn above a node's pos
+# The frontend draws no text below scale 8 / 14 ≈ 0.571 (LGraphCanvas: min_font_size_for_lod / NODE_TEXT_SIZE).
+MIN_SCALE = 0.575
 
 
 def fit_view(nodes, groups=()) -> dict:
@@ -245,6 +247,9 @@ def fit_view(nodes, groups=()) -> dict:
     pad = 12
     scale = min(1.0, (right - left - 2 * pad) / (x1 - x0), (bottom - top - 2 * pad) / (y1 - y0))
     scale = int(scale * 1000) / 1000             # round down: never larger than what fits
+    if scale < MIN_SCALE:
+        raise WorkflowError(f"the workflow ({x1 - x0:.0f} × {y1 - y0:.0f}) needs scale {scale} to fit the view; below "
+                            f"{MIN_SCALE} the frontend stops drawing text: make the layout more compact")
     free_x = (right - left) / scale - (x1 - x0)
     return {"scale": scale, "offset": [round(left / scale + free_x / 2 - x0, 1), round((top + pad) / scale - y0, 1)]}
 
