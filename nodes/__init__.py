@@ -1,6 +1,8 @@
 """ComfyUI nodes of the SenCache pack (V3 schema). Thin: inputs → sencache_core objects → wrappers."""
 from __future__ import annotations
 
+import logging
+
 import comfy.samplers
 from comfy_api.latest import ComfyExtension, io
 
@@ -10,6 +12,7 @@ from .calibrate import calibrate
 from .runtime import REUSE_MODES, SenCacheSettings
 from .ui_events import NODE_PUBLISHERS
 
+log = logging.getLogger("SenCache")
 Profile = io.Custom("SENCACHE_PROFILE")
 PCT = "fraction of the sampling schedule as ComfyUI counts it (0 = start, highest σ; 1 = end, σ = 0); works in σ, so it holds for any step count, denoise and split sampling"
 
@@ -105,7 +108,11 @@ class SensitivityCalibrator(io.ComfyNode):
         latent, profile = calibrate(model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, runs, denoise)
         text = profile.describe()
         if save_as.strip():
-            text += f"\nsaved: models/sencache/{profiles.save(profile, save_as)}"
+            try:
+                text += f"\nsaved: models/sencache/{profiles.save(profile, save_as)}"
+            except (OSError, ValueError) as e:      # the measured profile still goes out: connect Save Profile
+                log.warning("SenCache: the profile could not be saved as %r: %s", save_as, e)
+                text += f"\nNOT saved ({e}); the profile output is still valid: connect Save Profile to keep it"
         return io.NodeOutput(latent, profile, ui={"text": [text], "images": visualize.profile_preview(profile)})
 
 

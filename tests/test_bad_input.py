@@ -168,3 +168,21 @@ def test_wan_npz_with_the_cogvideox_preset_warns(host, sc, profile_dir, caplog):
         assert prof.metadata["preset"] == "cogvideox15"      # the user's choice stands; the warning says it is wrong
     finally:
         os.remove(path)
+
+
+def test_calibrator_keeps_its_profile_when_saving_fails(host, sc, wan, conds, profile_dir, caplog):
+    """A save that fails after the calibration (here: the sub-folder name is taken by a file) loses nothing: the
+    node still outputs the latent and the profile, and says that it did not save."""
+    blocker = os.path.join(profile_dir, "blocker")
+    with open(blocker, "w") as f:
+        f.write("not a folder")
+    try:
+        with caplog.at_level(logging.WARNING, logger="SenCache"):
+            out = _calibrator(host, wan, conds, save_as="blocker/p")
+        latent, profile = out.args
+        assert latent["samples"].shape == sampling.wan_latent().shape and profile.sigmas.size > 0
+        ui = out.ui if isinstance(out.ui, dict) else out.ui.as_dict()
+        assert "NOT saved" in ui["text"][0]
+        assert any("could not be saved" in r.getMessage() for r in caplog.records)
+    finally:
+        os.remove(blocker)
