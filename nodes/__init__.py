@@ -13,7 +13,7 @@ from .calibrate import calibrate
 from .runtime import REUSE_MODES, SenCacheSettings
 
 Profile = io.Custom("SENCACHE_PROFILE")
-OPTIONAL_NODE_MODULES = ("visualize", "demo")
+OPTIONAL_NODE_MODULES = ("visualize", "demo", "schedule")
 PCT = "fraction of the sampling schedule as ComfyUI counts it (0 = start, highest σ; 1 = end, σ = 0); works in σ, so it holds for any step count, denoise and split sampling"
 
 
