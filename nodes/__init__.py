@@ -1,19 +1,16 @@
 """ComfyUI nodes of the SenCache pack (V3 schema). Thin: inputs → sencache_core objects → wrappers."""
 from __future__ import annotations
 
-import importlib
-import importlib.util
-
 import comfy.samplers
 from comfy_api.latest import ComfyExtension, io
 
-from . import profiles
+from . import demo, profiles, schedule, visualize
 from .apply import apply_sencache
 from .calibrate import calibrate
 from .runtime import REUSE_MODES, SenCacheSettings
+from .ui_events import NODE_PUBLISHERS
 
 Profile = io.Custom("SENCACHE_PROFILE")
-OPTIONAL_NODE_MODULES = ("visualize", "demo", "schedule")
 # Budget mode by default: ε is in the model's own output units, so one ε gives different speed-ups on different
 # models and settings (on the demo models 0.1 computed 19 of 20 steps in one configuration); a target speed-up gives
 # about the same count of evaluations everywhere (results/defaults/).
@@ -77,7 +74,7 @@ class SenCache(io.ComfyNode):
                                     high_percentile=use_high_percentile, reuse_mode=reuse_mode,
                                     target_speedup=target_speedup)
         node_id = cls.hidden.unique_id if cls.hidden is not None else None
-        patched, _ = apply_sencache(model, profile, settings, node_id=node_id)
+        patched, _ = apply_sencache(model, profile, settings, node_id=node_id, publishers=NODE_PUBLISHERS)
         return io.NodeOutput(patched)
 
 
@@ -113,8 +110,7 @@ class SensitivityCalibrator(io.ComfyNode):
         text = profile.describe()
         if save_as.strip():
             text += f"\nsaved: models/sencache/{profiles.save(profile, save_as)}"
-        from .visualize import profile_preview
-        return io.NodeOutput(latent, profile, ui={"text": [text], "images": profile_preview(profile)})
+        return io.NodeOutput(latent, profile, ui={"text": [text], "images": visualize.profile_preview(profile)})
 
 
 class SaveProfile(io.ComfyNode):
@@ -171,12 +167,7 @@ def _profile_names() -> list[str]:
 
 class SenCacheExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        node_list = [SenCache, SensitivityCalibrator, SaveProfile, LoadProfile]
-        # Further node modules each export NODES (a list of io.ComfyNode classes).
-        for name in OPTIONAL_NODE_MODULES:
-            if importlib.util.find_spec(f"{__name__}.{name}") is not None:
-                node_list += importlib.import_module(f".{name}", __name__).NODES
-        return node_list
+        return [SenCache, SensitivityCalibrator, SaveProfile, LoadProfile, *visualize.NODES, *demo.NODES, *schedule.NODES]
 
 
 async def comfy_entrypoint() -> SenCacheExtension:

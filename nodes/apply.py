@@ -32,7 +32,9 @@ def check_profile(profile, facts: dict) -> list[str]:
     return warnings
 
 
-def apply_sencache(model, profile, settings: SenCacheSettings, node_id: str | None = None):
+def apply_sencache(model, profile, settings: SenCacheSettings, node_id: str | None = None, publishers=(),
+                   run_class=None):
+    """The model with SenCache attached, and its holder. publishers / run_class: SenCacheHolder's extension points."""
     if profile is None:
         raise ProfileError("SenCache needs a sensitivity profile: connect Load Profile or a Sensitivity Calibrator")
     for name in ("eps_start", "eps_main"):
@@ -48,5 +50,6 @@ def apply_sencache(model, profile, settings: SenCacheSettings, node_id: str | No
     facts = model_facts(model)
     for w in check_profile(profile, facts):
         log.warning("SenCache: %s", w)
-    holder = SenCacheHolder(profile, settings, facts["latent_channels"], node_id=node_id)
+    holder = SenCacheHolder(profile, settings, facts["latent_channels"], node_id=node_id, publishers=publishers,
+                            run_class=run_class)
     return attach(model, holder), holder
