@@ -164,9 +164,11 @@ class Run:
 
 
 def sample(model, text: str, seed: int, steps: int, cfg: float, sampler: str, scheduler: str,
-           counter: EvalCounter | None = None) -> Run:
-    """One KSampler run (comfy.sample.sample, the path nodes.common_ksampler takes)."""
+           counter: EvalCounter | None = None, sigmas: list[float] | None = None) -> Run:
+    """One KSampler run (comfy.sample.sample, the path nodes.common_ksampler takes); with `sigmas`, a SamplerCustom
+    run on that schedule instead (comfy.sample.sample_custom; `steps` and `scheduler` unused)."""
     import comfy.sample
+    import comfy.samplers
     pos, neg = conds(text)
     latent = empty_latent()
     noise = comfy.sample.prepare_noise(latent, seed)
@@ -174,12 +176,23 @@ def sample(model, text: str, seed: int, steps: int, cfg: float, sampler: str, sc
         counter.reset()
     t0, c0 = time.perf_counter(), time.process_time()
     with torch.inference_mode():      # as ComfyUI's executor runs nodes
-        out = comfy.sample.sample(model, noise, steps, cfg, sampler, scheduler, pos, neg, latent, disable_pbar=True,
-                                  seed=seed)
+        if sigmas is None:
+            out = comfy.sample.sample(model, noise, steps, cfg, sampler, scheduler, pos, neg, latent, disable_pbar=True,
+                                      seed=seed)
+        else:
+            out = comfy.sample.sample_custom(model, noise, cfg, comfy.samplers.sampler_object(sampler),
+                                             torch.tensor(sigmas, dtype=torch.float32), pos, neg, latent,
+                                             disable_pbar=True, seed=seed)
     secs, cpu = time.perf_counter() - t0, time.process_time() - c0
     per = 2 if cfg != 1.0 else 1
     ev = counter.rows / per if counter is not None else float("nan")
     return Run(out, ev, secs, cpu)
+
+
+def ksampler_sigmas(model, steps: int, sampler: str, scheduler: str) -> list[float]:
+    """The σ schedule KSampler uses (with its discarded penultimate σ for uni_pc, dpm_2, ...)."""
+    import comfy.samplers
+    return [float(v) for v in comfy.samplers.KSampler(model, steps, "cpu", sampler, scheduler).sigmas]
 
 
 def decode(latent: torch.Tensor) -> torch.Tensor:

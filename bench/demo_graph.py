@@ -24,7 +24,7 @@ NODE_PLOT = "16"
 # The SenCache node's inputs (besides model/profile) the demo uses; eps values in RMS units of the model output.
 SENCACHE_DEFAULTS = dict(eps_main=0.1, eps_start=0.02, eps_switch_percent=0.2, max_consecutive_reuse=3,
                          reuse_start_percent=0.0, reuse_end_percent=1.0, protect_final_step=True,
-                         use_high_percentile=False, reuse_mode="output_extrapolated", target_speedup=0.0)
+                         use_high_percentile=False, reuse_mode="output_extrapolated", target_speedup=2.0)
 
 
 def demo_graph(text: str = "red circle and blue square on green", seed: int = 42, steps: int = 30, cfg: float = 6.0,

@@ -83,7 +83,7 @@ VARIANTS = {
     "SenCache ε_start 0.5": ("ε_start = 0.5·ε_main (milder early phase)", {"eps_ratio": 0.5}),
     "SenCache (output-input)": ("reuse f − x (EasyCache's choice; the node's other reuse mode)", {"mode": "output_minus_input"}),
 }
-ANCHORS = ("Fixed interval (output)", "Fewer steps (shift 8)")
+ANCHORS = ("Fixed interval (output)", "Fewer steps (same shift)")
 BASE = "SenCache (output)"      # the first row of every round; Δ are against it
 
 

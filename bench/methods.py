@@ -6,7 +6,11 @@
   DIFFUSION_MODEL wrapper in front that hands EasyCache a clone of x (what fp16/bf16 users get from the cast).
 - TeaCache-style and MagCache-style: re-implemented here (bench only, never in the pack) as keyed DIFFUSION_MODEL
   wrappers with the authors' decision rules, calibrated on this model (see calibrate_teacache / calibrate_magcache).
-- Fixed interval: computes a fixed, evenly spaced set of steps (first and last always), reuses the output between.
+- Fixed interval: computes a fixed, evenly spaced set of steps (first and last always), reuses the output between;
+  "+ extrapolation" extrapolates the reused output in σ from the last two computed steps, as the pack's
+  output_extrapolated mode does (only in runs without an unconditional pass, i.e. CFG 1; with CFG it is plain reuse).
+- Planned schedule: B real steps on the σ schedule the pack's SenCache Schedule plans from the profile
+  (sencache_core.schedule), anchored at the reference schedule's first and last non-zero σ.
 
 Every wrapper here makes its decision once per sampler evaluation (identified by σ) and caches per call signature,
 so cond and uncond follow one decision whether they arrive batched or separately.
@@ -22,6 +26,7 @@ import torch
 import comfy.patcher_extension as pe
 
 from sencache_core.budget import k_for_budget, k_for_target, min_evaluations  # noqa: F401  (pure; shared with the pack)
+from sencache_core.reuse import extrapolate
 
 DM = pe.WrappersMP.DIFFUSION_MODEL
 
@@ -56,7 +61,11 @@ class _StepCache:
         self.sigma = None
         self.reuse = False
         self.cache: dict = {}
-        self.mode = mode          # "output": reuse f; "output_minus_input": reuse f − x, add the current x back
+        self.cache_sigma: dict = {}   # key -> σ of the cached output
+        self.previous: dict = {}  # output_extrapolated: key -> (σ, output) of the computed evaluation before the cache
+        # "output": reuse f; "output_minus_input": reuse f − x, add the current x back; "output_extrapolated": f
+        # extrapolated in σ from the last two computed evaluations in calls without an uncond pass, else f
+        self.mode = mode
 
     def key(self, to, x):
         return (tuple(str(u) for u in (to.get("uuids") or [])), tuple(x.shape))
@@ -71,9 +80,17 @@ class _StepCache:
         k = self.key(to, x)
         if self.reuse and k in self.cache:
             c = self.cache[k]
-            return c + x[:, :c.shape[1]] if self.mode == "output_minus_input" else c.clone()
+            if self.mode == "output_minus_input":
+                return c + x[:, :c.shape[1]]
+            if self.mode == "output_extrapolated" and k in self.previous and 1 not in (to.get("cond_or_uncond") or [0]):
+                (s_prev, f_prev), s_ref = self.previous[k], self.cache_sigma[k]
+                return extrapolate(f_prev, s_prev, c, s_ref, sig)
+            return c.clone()
         out = executor(*args, **kwargs)
         c = out.detach()
+        if self.mode == "output_extrapolated" and k in self.cache:
+            self.previous[k] = (self.cache_sigma[k], self.cache[k])
+        self.cache_sigma[k] = sig
         self.cache[k] = c - x[:, :c.shape[1]] if self.mode == "output_minus_input" else c.clone()
         return out
 
@@ -89,6 +106,13 @@ def computed_steps(n: int, budget: int) -> set[int]:
     return set(idx)
 
 
+def planned_sigmas(profile, budget: int, reference_sigmas) -> list[float]:
+    """The pack's planned schedule (sencache_core.schedule) for `budget` real steps, anchored at the reference
+    schedule's first and last non-zero σ."""
+    from sencache_core import schedule
+    return schedule.plan_from_base(profile, budget, reference_sigmas)
+
+
 def every_kth_steps(n: int, budget: int) -> set[int] | None:
     """Steps 0, k, 2k, ... (k = n / budget; the last step is NOT forced): with euler and output reuse this is
     exactly euler with `budget` steps of the same schedule. None when n is not a multiple of budget."""
@@ -97,10 +121,11 @@ def every_kth_steps(n: int, budget: int) -> set[int] | None:
     return set(range(0, n, n // budget))
 
 
-def apply_fixed(model, budget: int, mode: str = "output", every_kth: bool = False):
+def apply_fixed(model, budget: int, mode: str = "output", every_kth: bool = False, computed: set | None = None):
+    """Computes a fixed set of step indices (evenly spaced, every k-th, or `computed` as given) and reuses between."""
     m = model.clone()
     state = _StepCache(mode)
-    wanted = {}
+    wanted = {} if computed is None else {"set": set(computed)}
 
     def decide(to, args):
         i, n = _step_index(to)

@@ -54,6 +54,11 @@ CONFIGS = {
     "dpmpp_2m_30_cfg1": dict(sampler="dpmpp_2m", scheduler="simple", steps=30, cfg=1.0, shift=8.0),
     "dpmpp_2m_50_cfg1": dict(sampler="dpmpp_2m", scheduler="simple", steps=50, cfg=1.0, shift=8.0),
     "uni_pc_30_cfg1": dict(sampler="uni_pc", scheduler="simple", steps=30, cfg=1.0, shift=8.0),
+    # settings no default was chosen on
+    "euler_20_cfg4_shift5": dict(sampler="euler", scheduler="simple", steps=20, cfg=4.0, shift=5.0),
+    "dpmpp_2m_40_cfg3_shift3": dict(sampler="dpmpp_2m", scheduler="simple", steps=40, cfg=3.0, shift=3.0),
+    "euler_ancestral_20_cfg5_shift5": dict(sampler="euler_ancestral", scheduler="simple", steps=20, cfg=5.0, shift=5.0),
+    "uni_pc_20_cfg1_shift3": dict(sampler="uni_pc", scheduler="simple", steps=20, cfg=1.0, shift=3.0),
 }
 FRACTIONS = (1 / 2, 1 / 3, 1 / 4)
 SHIFT_GRID = (1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
@@ -65,13 +70,15 @@ SENCACHE_ROWS = {"SenCache (output_extrapolated)": ("output_extrapolated", None)
                  "SenCache (output)": ("output", None), "SenCache (output-input)": ("output_minus_input", None)}
 METHODS = (*SENCACHE_ROWS, "EasyCache core (input copied)", "EasyCache core (as-is)",
            "LazyCache core", "TeaCache-style", "MagCache-style", "Fixed interval (output)",
-           "Fixed interval (output-input)", "Every k-th step (output)", "Fewer steps (shift 8)", "Fewer steps (shift tuned)")
+           "Fixed interval (output-input)", "Fixed interval + extrapolation", "Every k-th step (output)",
+           "Fewer steps (same shift)", "Fewer steps (shift tuned)", "Planned schedule")
 SHORT = {"SenCache (output_extrapolated)": "sc_ox", "SenCache (output_extrapolated, K=6)": "sc_ox_k6",
          "SenCache (output)": "sc_out", "SenCache (output-input)": "sc_omi", "EasyCache core (input copied)": "ec_copy",
          "EasyCache core (as-is)": "ec_asis", "LazyCache core": "lazy", "TeaCache-style": "tea", "MagCache-style": "mag",
          "Fixed interval (output)": "fix_out", "Fixed interval (output-input)": "fix_omi",
+         "Fixed interval + extrapolation": "fix_ox", "Planned schedule": "plan",
          "Every k-th step (output)": "every_k",
-         "Fewer steps (shift 8)": "steps", "Fewer steps (shift tuned)": "steps_shift"}
+         "Fewer steps (same shift)": "steps", "Fewer steps (shift tuned)": "steps_shift"}
 # only with --methods (CPU time)
 OPTIONAL_METHODS = ("SenCache (output_extrapolated, K=6)", "Fixed interval (output-input)", "Every k-th step (output)")
 PARAM_RANGE = (1e-4, 20.0)
@@ -161,9 +168,16 @@ class Bench:
         self.counter = C.EvalCounter(self.base, memo=True)     # the module is shared by every clone
         self.use_vgg = use_vgg
         self.calib: dict = {}
+        # the reference run's σ schedule (KSampler's, including its discarded penultimate σ for uni_pc): the planned
+        # schedule keeps its first and last non-zero σ
+        self.reference_sigmas = C.ksampler_sigmas(self.model, self.N, cfg["sampler"], cfg["scheduler"])
 
     def run(self, model, text, seed, steps=None) -> C.Run:
+        """steps: a step count (KSampler), or a list of σ (a SamplerCustom run on that schedule)."""
         c = self.cfg
+        if isinstance(steps, list):
+            return C.sample(model, text, seed, len(steps) - 1, c["cfg"], c["sampler"], c["scheduler"], self.counter,
+                            sigmas=steps)
         return C.sample(model, text, seed, steps or self.N, c["cfg"], c["sampler"], c["scheduler"], self.counter)
 
     # calibration -------------------------------------------------------------------------------------------
@@ -231,11 +245,15 @@ class Bench:
             return M.apply_fixed(self.model, B, "output"), N
         if name == "Fixed interval (output-input)":
             return M.apply_fixed(self.model, B, "output_minus_input"), N
+        if name == "Fixed interval + extrapolation":
+            return M.apply_fixed(self.model, B, "output_extrapolated"), N
+        if name == "Planned schedule":
+            return self.model, M.planned_sigmas(self.profile, B, self.reference_sigmas)
         if name == "Every k-th step (output)":
             if M.every_kth_steps(N, B) is None:
                 return None, N
             return M.apply_fixed(self.model, B, "output", every_kth=True), N
-        if name == "Fewer steps (shift 8)":
+        if name == "Fewer steps (same shift)":
             return self.model, B
         if name == "Fewer steps (shift tuned)":
             return C.with_shift(self.base, self.best_shift[B]), B
@@ -243,7 +261,7 @@ class Bench:
 
     @staticmethod
     def adaptive(name: str) -> bool:
-        return not name.startswith(("Fixed", "Fewer", "Every"))
+        return not name.startswith(("Fixed", "Fewer", "Every", "Planned"))
 
     def measure(self, frames, ref_frames, ref_feats) -> dict:
         from bench import vgg_features as V
@@ -466,9 +484,16 @@ def write_report(path_md: pathlib.Path, config_name: str, cfg: dict, info: dict,
           "error threshold; reuses the model output.",
           "- **Fixed interval**: exactly B evenly spaced computed steps (first and last included), the cached output "
           "(or output − input) reused in between.",
+          "- **Fixed interval + extrapolation**: the same computed steps; a reused step gets the output extrapolated "
+          "in σ from the last two computed steps (sencache_core.reuse.extrapolate, as the node's output_extrapolated "
+          "mode), only without CFG; with CFG it is the cached output, i.e. identical to *Fixed interval (output)*.",
+          "- **Planned schedule**: B real steps (SamplerCustom, same sampler) on the σ schedule the pack's SenCache "
+          "Schedule plans from the SenCache profile (sencache_core.schedule: equal shares of ∫ α_x·r + α_t dσ), from "
+          "the reference schedule's first σ to its last non-zero σ, then 0. Its final step is the reference's final "
+          "step, which PSNR against the reference rewards.",
           "- **Every k-th step (output)** (only with --methods every_k): steps 0, k, 2k, ... computed (k = N/B, "
           "last step not forced), output reused in between; with euler this is exactly euler with B steps.",
-          "- **Fewer steps**: a plain run with B steps, same sampler/scheduler; *shift 8* = the template's shift, "
+          "- **Fewer steps**: a plain run with B steps, same sampler/scheduler; *same shift* = the configuration's shift, "
           "*shift tuned* = the shift from {" + ", ".join(f"{s:g}" for s in SHIFT_GRID) + "} with the best mean PSNR "
           f"on the first {SHIFT_TUNING_SAMPLES} calibration samples (not the test samples), per budget: "
           f"{calib.get('best_shift')} (PSNR per shift in the .json).",

@@ -25,11 +25,11 @@ SC = "#2a5f45"          # colour of SenCache nodes in the graphs
 
 SENCACHE_HOWTO = (
     "### SenCache\n"
-    "**Load Profile → SenCache → sampler.** `eps_main` is the reuse threshold (predicted RMS change per element of "
-    "the model output): raise it for speed, lower it for fidelity; `max_consecutive_reuse` (K) caps the speed-up at "
-    "K+1. Or set `target_speedup` (e.g. 2.0) and let SenCache pick ε from the profile.\n\n"
-    "Each run logs one line (computed/reused evaluations, time, estimated speed-up); the node shows the run as "
-    "a strip.\n\n"
+    "**Load Profile → SenCache → sampler.** `target_speedup` (default 2.0) sets how many model evaluations a run "
+    "computes (about steps / target); SenCache picks ε and K from the profile so that the reused ones are those the "
+    "profile predicts to change least. Set `target_speedup` to 0 to use `eps_main` (the reuse threshold, in the "
+    "model's output units) and `max_consecutive_reuse` (K) directly.\n\n"
+    "Each run logs one line (computed/reused evaluations, time); the node shows the run as a strip.\n\n"
     "Best results come from a profile of **your** model/LoRA/resolution: see the workflow "
     "`sencache_calibrate_save_load_apply`.")
 

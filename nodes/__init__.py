@@ -6,7 +6,7 @@ import logging
 import comfy.samplers
 from comfy_api.latest import ComfyExtension, io
 
-from . import demo, profiles, visualize
+from . import demo, profiles, schedule, visualize
 from .apply import apply_sencache
 from .calibrate import calibrate
 from .runtime import REUSE_MODES, SenCacheSettings
@@ -14,6 +14,10 @@ from .ui_events import NODE_PUBLISHERS
 
 log = logging.getLogger("SenCache")
 Profile = io.Custom("SENCACHE_PROFILE")
+# Budget mode by default: ε is in the model's own output units, so one ε gives different speed-ups on different
+# models and settings (on the demo models 0.1 computed 19 of 20 steps in one configuration); a target speed-up gives
+# about the same count of evaluations everywhere (results/defaults/).
+DEFAULT_TARGET_SPEEDUP = 2.0
 PCT = "fraction of the sampling schedule as ComfyUI counts it (0 = start, highest σ; 1 = end, σ = 0); works in σ, so it holds for any step count, denoise and split sampling"
 
 
@@ -30,7 +34,8 @@ class SenCache(io.ComfyNode):
                 io.Float.Input("eps_main", default=0.1, min=0.0, max=10.0, step=0.005,
                                tooltip="Reuse threshold ε after the early phase: the predicted RMS change per element of the "
                                        "model output (the model's own output units, e.g. velocity for Wan/LTXV). Higher = faster, "
-                                       "lower fidelity; 0 = never reuse (eps_start is then 0 too)."),
+                                       "lower fidelity; 0 = never reuse (eps_start is then 0 too). Applies only when target_speedup is 0: the same ε gives "
+                                       "different speed-ups on different models and settings."),
                 io.Float.Input("eps_start", default=0.02, min=0.0, max=10.0, step=0.005,
                                tooltip="Stricter ε (same units as eps_main) for the fragile early part of the schedule, until eps_switch_percent. "
                                        "Applies to runs with CFG (an uncond pass) only: without CFG eps_main applies throughout."),
@@ -51,11 +56,12 @@ class SenCache(io.ComfyNode):
                                tooltip="What is reused: output_extrapolated (default) = the output extrapolated in σ from the last two computed steps "
                                        "in runs without CFG (cfg 1), the cached output itself with CFG; output = always the cached output; "
                                        "output_minus_input = its difference from the model input, re-added to the current input."),
-                io.Float.Input("target_speedup", default=0.0, min=0.0, max=20.0, step=0.05, optional=True,
-                               tooltip="Budget mode: if > 0, ε and K are derived per run from the profile so the run computes about "
-                                       "steps / target_speedup model evaluations (eps_start keeps its ratio to eps_main; the ε values "
-                                       "and max_consecutive_reuse above are then ignored). K = the smallest value that can reach that "
-                                       "count; without CFG, with output_extrapolated, at least 6 from about 3x on. 0 = use the inputs as given."),
+                io.Float.Input("target_speedup", default=DEFAULT_TARGET_SPEEDUP, min=0.0, max=20.0, step=0.05, optional=True,
+                               tooltip="Budget mode (the default): ε and K are derived per run from the profile so the run computes "
+                                       "about steps / target_speedup model evaluations, on any model (eps_start keeps its ratio to "
+                                       "eps_main; the ε values and max_consecutive_reuse above are then ignored). K = the smallest "
+                                       "value that can reach that count; without CFG, with output_extrapolated, at least 6 from about "
+                                       "3x on. 0 = ε mode: eps_main, eps_start and max_consecutive_reuse as given."),
             ],
             outputs=[io.Model.Output(tooltip="The model with SenCache attached (connect it to a KSampler).")],
             hidden=[io.Hidden.unique_id],
@@ -63,7 +69,8 @@ class SenCache(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, profile, eps_main, eps_start, eps_switch_percent, max_consecutive_reuse, reuse_start_percent,
-                reuse_end_percent, protect_final_step, use_high_percentile, reuse_mode, target_speedup=0.0) -> io.NodeOutput:
+                reuse_end_percent, protect_final_step, use_high_percentile, reuse_mode,
+                target_speedup=DEFAULT_TARGET_SPEEDUP) -> io.NodeOutput:
         settings = SenCacheSettings(eps_start=eps_start, eps_main=eps_main, max_consecutive=max_consecutive_reuse,
                                     eps_switch_percent=eps_switch_percent, reuse_start_percent=reuse_start_percent,
                                     reuse_end_percent=reuse_end_percent, protect_final=protect_final_step,
@@ -170,7 +177,7 @@ def _profile_names() -> list[str]:
 
 class SenCacheExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [SenCache, SensitivityCalibrator, SaveProfile, LoadProfile, *visualize.NODES, *demo.NODES]
+        return [SenCache, SensitivityCalibrator, SaveProfile, LoadProfile, *visualize.NODES, *demo.NODES, *schedule.NODES]
 
 
 async def comfy_entrypoint() -> SenCacheExtension:

@@ -34,7 +34,7 @@ def test_quality_bench_smoke(host, demo_weights, tmp_path):
     quality.main(["--config", "wan_template", "--steps", "6", "--samples", "2", "--calibration-samples", "1",
                   "--timing-samples", "1", "--fractions", "0.5", "--no-vgg", "--weights", str(demo_weights),
                   "--out", str(out), "--methods", "sc_out", "ec_copy", "ec_asis", "tea", "mag", "fix_out", "every_k",
-                  "steps_shift"])
+                  "steps_shift", "fix_ox", "plan"])
     md = (out / "wan_template.md").read_text()
     assert "| SenCache (output_extrapolated) |" in md and "| SenCache (output) |" in md and "Fewer steps (shift tuned)" in md and "Budget 3 of 6" in md
     assert (out / "wan_template.png").stat().st_size > 1000
@@ -49,6 +49,11 @@ def test_quality_bench_smoke(host, demo_weights, tmp_path):
     # fixed interval and fewer steps always hit the budget exactly
     assert all(r["methods"]["Fixed interval (output)"]["3"]["matched"] for r in data["results"])
     assert all(r["methods"]["Fewer steps (shift tuned)"]["3"]["matched"] for r in data["results"])
+    assert all(r["methods"]["Planned schedule"]["3"]["matched"] for r in data["results"])
+    # with CFG, fixed interval + extrapolation is plain fixed-interval reuse (extrapolation only without CFG)
+    for r in data["results"]:
+        a, b = r["methods"]["Fixed interval + extrapolation"]["3"], r["methods"]["Fixed interval (output)"]["3"]
+        assert a["psnr"] == b["psnr"]
 
 
 def test_budget_search_and_k_rules():
@@ -96,3 +101,25 @@ def test_euler_every_other_step_is_euler_with_half_the_steps(host, demo_weights)
     finally:
         counter.close()
     assert torch.allclose(a.latent, b.latent, atol=1e-4, rtol=0), float((a.latent - b.latent).abs().max())
+
+
+def test_fixed_interval_extrapolation_replays_sencache(host, demo_weights):
+    """Without CFG the benchmark's fixed-pattern extrapolation is the pack's output_extrapolated reuse: replaying the
+    steps SenCache computed gives its output bit for bit; with the output reused as is it differs."""
+    import torch
+    from bench import common as C
+    nodes, sc, _ = C.boot(weights=demo_weights)
+    from bench import methods as M
+    model = C.with_shift(C.load_model(demo_weights), 8.0)
+    prof = sc.core.SensitivityProfile.load(REPO / "demo_model" / "weights" / "sencache_demo_wan_profile.safetensors")
+    st = sc.runtime.SenCacheSettings(eps_start=0.0, eps_main=0.0, max_consecutive=3, target_speedup=2.0)
+    cached, holder = sc.apply.apply_sencache(model, prof, st)
+    a = C.sample(cached, "red circle on green", 3, 12, 1.0, "euler", "simple")
+    pattern = {s.index for s in holder.last_trace.steps if not s.reuse}
+    assert 0 < len(pattern) < 12
+    b = C.sample(M.apply_fixed(model, len(pattern), "output_extrapolated", computed=pattern), "red circle on green", 3,
+                 12, 1.0, "euler", "simple")
+    c = C.sample(M.apply_fixed(model, len(pattern), "output", computed=pattern), "red circle on green", 3, 12, 1.0,
+                 "euler", "simple")
+    assert torch.equal(a.latent, b.latent)
+    assert not torch.equal(b.latent, c.latent)

@@ -25,7 +25,7 @@ def sencache(profile, eps, k):
     return {"class_type": "SenCacheApply", "inputs": {
         "model": ["1", 0], "profile": profile, "eps_main": eps, "eps_start": eps, "eps_switch_percent": 0.2,
         "max_consecutive_reuse": k, "reuse_start_percent": 0.0, "reuse_end_percent": 1.0, "protect_final_step": True,
-        "use_high_percentile": False, "reuse_mode": "output"}}
+        "use_high_percentile": False, "reuse_mode": "output", "target_speedup": 0.0}}
 
 
 def ksampler(model, seed):

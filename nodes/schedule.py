@@ -1,0 +1,85 @@
+"""SenCache Schedule: a σ schedule for N real steps planned from the sensitivity profile (SIGMAS for SamplerCustom).
+
+The planning itself is host-free (sencache_core.schedule); this node computes the base schedule the way ComfyUI's
+BasicScheduler does, takes its first and last non-zero σ as anchors and returns the planned SIGMAS.
+"""
+from __future__ import annotations
+
+import logging
+
+import comfy.samplers
+import torch
+from comfy_api.latest import io
+
+from ..sencache_core import ProfileError
+from ..sencache_core import schedule as plan
+from .apply import check_profile
+from .model_info import model_facts
+
+log = logging.getLogger("SenCache")
+
+Profile = io.Custom("SENCACHE_PROFILE")
+
+
+def base_sigmas(model, scheduler: str, steps: int, denoise: float = 1.0) -> torch.Tensor:
+    """The schedule ComfyUI's BasicScheduler gives for these inputs (same arithmetic)."""
+    total = steps if denoise >= 1.0 else int(steps / denoise)
+    s = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, total).cpu()
+    return s[-(steps + 1):]
+
+
+def planned_sigmas(model, profile, steps: int, scheduler: str, base_steps: int, denoise: float = 1.0):
+    """(SIGMAS tensor of steps + 1 values, summary text)."""
+    if profile is None:
+        raise ProfileError("SenCache Schedule needs a sensitivity profile: connect Load Profile or a Sensitivity Calibrator")
+    if steps < 1:
+        raise ValueError(f"steps must be ≥ 1 (got {steps})")
+    if not (0.0 < denoise <= 1.0):
+        raise ValueError(f"denoise must be in (0, 1] (got {denoise})")
+    for w in check_profile(profile, model_facts(model)):
+        log.warning("SenCache Schedule: %s", w)
+    if not plan.has_dx(profile):
+        log.warning("SenCache Schedule: the profile has no latent-change rate (dx_per_sigma; imported files lack it); "
+                    "planning with the documented proxy r = %g. A profile from the Sensitivity Calibrator plans better.",
+                    plan.DX_PROXY)
+    base = base_sigmas(model, scheduler, base_steps or steps, denoise)
+    sig = plan.plan_from_base(profile, steps, base.tolist())
+    first, last = plan.anchors(base.tolist())
+    text = (f"SenCache Schedule: {steps} steps from σ {first:.4g} to {last:.4g} (then 0), the range of {scheduler} at "
+            f"{base_steps or steps} steps; σ = " + ", ".join(f"{v:.4g}" for v in sig))
+    return torch.tensor(sig, dtype=torch.float32), text
+
+
+class SenCacheSchedule(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SenCacheSchedule", display_name="SenCache Schedule", category="SenCache",
+            description="Plans where N sampling steps go from the model's sensitivity profile: each step gets an equal "
+                        "share of the predicted change of the model output, between the first and the last non-zero σ of "
+                        "the base scheduler's schedule. Connect SIGMAS to SamplerCustom (works with SenCache too).",
+            inputs=[
+                io.Model.Input("model", tooltip="The model you sample with (its model_sampling gives the σ range; shift "
+                                                "nodes before this one count)."),
+                Profile.Input("profile", tooltip="Sensitivity profile of this model: from Load Profile or the Sensitivity Calibrator."),
+                io.Int.Input("steps", default=10, min=1, max=10000,
+                             tooltip="Real sampling steps of the planned schedule (count)."),
+                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="simple",
+                               tooltip="The scheduler you would otherwise use: its first σ and last non-zero σ are kept."),
+                io.Int.Input("base_steps", default=0, min=0, max=10000,
+                             tooltip="Step count of the schedule you would otherwise use (count); its last non-zero σ becomes "
+                                     "the planned schedule's last one. 0 = the same as steps."),
+                io.Float.Input("denoise", default=1.0, min=0.01, max=1.0, step=0.01,
+                               tooltip="Denoise strength (fraction), as in BasicScheduler."),
+            ],
+            outputs=[io.Sigmas.Output(tooltip="steps + 1 σ values, descending, ending with 0.")],
+        )
+
+    @classmethod
+    def execute(cls, model, profile, steps, scheduler, base_steps, denoise) -> io.NodeOutput:
+        sigmas, text = planned_sigmas(model, profile, steps, scheduler, base_steps, denoise)
+        log.info(text)
+        return io.NodeOutput(sigmas, ui={"text": [text]})
+
+
+NODES = [SenCacheSchedule]

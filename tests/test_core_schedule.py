@@ -1,0 +1,98 @@
+"""sencache_core.schedule on its own: σ schedules planned from a profile (no host needed)."""
+import math
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+from sencache_core import SensitivityProfile  # noqa: E402
+from sencache_core import schedule as S  # noqa: E402
+
+
+def linear_profile(a=1.0, b=4.0, dx=None):
+    """α_x = 0.5 (so α_x·r counts), α_t = a + b·σ on [0, 1]; r = dx (None: not recorded)."""
+    s = np.linspace(0.0, 1.0, 11)
+    kw = {} if dx is None else {"dx_per_sigma": np.full_like(s, dx)}
+    return SensitivityProfile(sigmas=s, alpha_x=np.full_like(s, 0.5), alpha_t=a + b * s, **kw)
+
+
+def test_constant_density_gives_evenly_spaced_sigmas():
+    p = SensitivityProfile(sigmas=[0.0, 1.0], alpha_x=[1.0, 1.0], alpha_t=[2.0, 2.0], dx_per_sigma=[1.5, 1.5])
+    out = S.plan_sigmas(p, 5, 0.9, 0.1)
+    assert out[-1] == 0.0 and len(out) == 6
+    assert np.allclose(out[:-1], np.linspace(0.9, 0.1, 5), atol=1e-9)
+
+
+def test_equal_shares_match_the_closed_form():
+    # g(σ) = 0.5·r + a + b·σ with r = 2: the integral from σ_last is quadratic in σ; invert it by hand
+    a, b, r = 1.0, 4.0, 2.0
+    p = linear_profile(a, b, dx=r)
+    first, last, n = 0.95, 0.2, 7
+    out = S.plan_sigmas(p, n, first, last)
+    c = 0.5 * r + a
+    F = lambda s: c * (s - last) + 0.5 * b * (s * s - last * last)
+    total = F(first)
+    for k, s in enumerate(out[:-1]):
+        want_share = total * (1 - k / (n - 1))       # the k-th point from the top leaves this much below it
+        # solve 0.5·b·s² + c·s − (want + c·last + 0.5·b·last²) = 0
+        rhs = want_share + c * last + 0.5 * b * last * last
+        s_true = (-c + math.sqrt(c * c + 2 * b * rhs)) / b
+        assert s == pytest.approx(s_true, abs=2e-4), k
+    steps = S.predicted_step_changes(p, out)
+    assert len(steps) == n - 1 and max(steps) / min(steps) == pytest.approx(1.0, abs=2e-3)
+
+
+def test_denser_where_the_output_changes_faster():
+    p = linear_profile(1.0, 20.0, dx=1.0)         # g grows with σ: steps are shorter at high σ
+    out = S.plan_sigmas(p, 10, 1.0, 0.1)
+    d = -np.diff(out[:-1])
+    assert np.all(d > 0) and np.all(np.diff(d) > 0)          # strictly descending, step sizes growing towards σ_last
+
+
+def test_anchors_kept_and_form_of_a_comfy_schedule():
+    p = linear_profile(dx=1.0)
+    base = [1.0, 0.9, 0.7, 0.4, 0.216, 0.0]
+    first, last = S.anchors(base)
+    assert (first, last) == (1.0, 0.216)
+    for n in (1, 2, 3, 12):
+        out = S.plan_from_base(p, n, base)
+        assert len(out) == n + 1 and out[0] == 1.0 and out[-1] == 0.0
+        if n > 1:
+            assert out[-2] == 0.216
+        assert all(x > y for x, y in zip(out[:-1], out[1:]))
+
+
+def test_profile_without_dx_uses_the_documented_proxy():
+    with_proxy = S.output_change_rate(linear_profile(dx=None), [0.3, 0.6])
+    explicit = S.output_change_rate(linear_profile(dx=S.DX_PROXY), [0.3, 0.6])
+    assert np.allclose(with_proxy, explicit) and np.allclose(explicit, 0.5 * S.DX_PROXY + 1.0 + 4.0 * np.array([0.3, 0.6]))
+    assert not S.has_dx(linear_profile(dx=None)) and S.has_dx(linear_profile(dx=1.0))
+
+
+def test_outside_the_profile_the_ends_are_held():
+    p = SensitivityProfile(sigmas=[0.5, 0.8], alpha_x=[1.0, 1.0], alpha_t=[1.0, 3.0], dx_per_sigma=[1.0, 1.0])
+    assert np.allclose(S.output_change_rate(p, [0.1, 0.5, 0.99]), [2.0, 2.0, 4.0])
+
+
+def test_zero_density_regions_still_give_a_valid_schedule():
+    p = SensitivityProfile(sigmas=[0.0, 0.5, 0.51, 1.0], alpha_x=[0, 0, 0, 0], alpha_t=[0.0, 0.0, 5.0, 5.0])
+    out = S.plan_sigmas(p, 6, 1.0, 0.05)
+    assert all(x > y for x, y in zip(out[:-1], out[1:])) and out[-2] == 0.05
+    assert sum(v > 0.5 for v in out) == 5           # every step but the anchored last one goes where g > 0
+
+
+@pytest.mark.parametrize("args, match", [((0, 1.0, 0.1), "steps"), ((2.5, 1.0, 0.1), "steps"),
+                                         ((4, 0.1, 1.0), "must not exceed"), ((4, float("nan"), 0.1), "finite"),
+                                         ((4, 1.0, 0.0), "finite"), ((4, 0.5, 0.5), "single σ")])
+def test_bad_inputs_are_refused(args, match):
+    with pytest.raises(ValueError, match=match):
+        S.plan_sigmas(linear_profile(dx=1.0), *args)
+
+
+def test_anchors_refuse_an_empty_schedule():
+    with pytest.raises(ValueError):
+        S.anchors([0.0, 0.0])
+    with pytest.raises(ValueError):
+        S.anchors([])

@@ -1,0 +1,103 @@
+"""SenCache Schedule in the real ComfyUI: the node's SIGMAS drive SamplerCustom on the demo model, alone and with
+SenCache attached."""
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+import torch
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+WEIGHTS = REPO / "demo_model" / "weights" / "sencache_demo_wan.safetensors"
+PROFILE = REPO / "demo_model" / "weights" / "sencache_demo_wan_profile.safetensors"
+pytestmark = pytest.mark.skipif(not (WEIGHTS.exists() and PROFILE.exists()), reason="demo weights not committed")
+
+
+@pytest.fixture(scope="module")
+def demo(host, sc):
+    """(model at shift 8, profile, positive, negative, latent) of the committed demo model."""
+    import comfy.sd
+    from comfy_extras.nodes_model_advanced import ModelSamplingSD3
+    from demo_model import data
+    model = ModelSamplingSD3().patch(comfy.sd.load_diffusion_model(str(WEIGHTS)), shift=8.0)[0]
+    profile = sc.core.SensitivityProfile.load(PROFILE)
+    ctx = data.encode_prompt("red circle on blue")[None]
+    return model, profile, [[ctx, {}]], [[torch.zeros_like(ctx), {}]], {"samples": torch.zeros(1, *data.LATENT_SHAPE)}
+
+
+def node(host, node_id):
+    """A node class: the pack's from ComfyUI's registry; core custom-sampling nodes from comfy_extras (library mode
+    does not load the extra nodes into the registry)."""
+    if node_id in host.NODE_CLASS_MAPPINGS:
+        return host.NODE_CLASS_MAPPINGS[node_id]
+    from comfy_extras import nodes_custom_sampler
+    return getattr(nodes_custom_sampler, node_id)
+
+
+def sigma_recorder(model):
+    """A clone of the model that records the σ of every diffusion-model call."""
+    import comfy.patcher_extension as pe
+    seen = []
+    m = model.clone()
+
+    def wrapper(executor, *args, **kwargs):
+        seen.append(float(args[1].flatten()[0]) / 1000.0)       # Wan's timestep argument is σ·1000
+        return executor(*args, **kwargs)
+    m.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, "test_sigma_recorder", wrapper)
+    return m, seen
+
+
+def sample_custom(host, model, sigmas, pos, neg, latent, sampler="euler", cfg=5.0, seed=7):
+    sampler_obj = node(host, "KSamplerSelect").execute(sampler).args[0]
+    out = node(host, "SamplerCustom").execute(model, True, seed, cfg, pos, neg, sampler_obj, sigmas, latent)
+    return out.args[0]["samples"]
+
+
+def test_schedule_node_drives_sampler_custom(host, sc, demo):
+    import importlib
+    sc.schedule = importlib.import_module(f"{sc.nodes.__name__}.schedule")
+    model, profile, pos, neg, latent = demo
+    assert "SenCacheSchedule" in host.NODE_CLASS_MAPPINGS
+    for name, spec in node(host, "SenCacheSchedule").INPUT_TYPES()["required"].items():
+        assert spec[1].get("tooltip"), name
+    out = node(host, "SenCacheSchedule").execute(model, profile, 8, "simple", 30, 1.0)
+    sigmas = out.args[0]
+    base = node(host, "BasicScheduler").execute(model, "simple", 30, 1.0).args[0]
+    assert sigmas.shape == (9,) and float(sigmas[-1]) == 0.0
+    assert float(sigmas[0]) == pytest.approx(float(base[0])) and float(sigmas[-2]) == pytest.approx(float(base[-2]))
+    assert torch.all(sigmas[:-1] > sigmas[1:])
+    assert "8 steps" in out.ui["text"][0]
+    # the planned steps are predicted to change the output equally (the plan's own criterion, from the profile)
+    shares = sc.schedule.plan.predicted_step_changes(profile, sigmas.tolist())
+    assert max(shares) / min(shares) < 1.01
+    rec, seen = sigma_recorder(model)
+    planned = sample_custom(host, rec, sigmas, pos, neg, latent)
+    assert seen == pytest.approx([float(s) for s in sigmas[:-1]], abs=1e-5)     # euler: one call per step, cond+uncond batched
+    plain = sample_custom(host, model, node(host, "BasicScheduler").execute(model, "simple", 8, 1.0).args[0], pos, neg, latent)
+    assert torch.isfinite(planned).all() and not torch.equal(planned, plain)
+
+
+def test_schedule_combines_with_sencache(host, sc, demo):
+    model, profile, pos, neg, latent = demo
+    sigmas = node(host, "SenCacheSchedule").execute(model, profile, 12, "simple", 30, 1.0).args[0]
+    st = sc.runtime.SenCacheSettings(eps_start=0.02, eps_main=0.1, max_consecutive=3, target_speedup=2.0)
+    cached, holder = sc.apply.apply_sencache(model, profile, st)
+    out = sample_custom(host, cached, sigmas, pos, neg, latent, sampler="uni_pc")
+    trace = holder.last_trace
+    assert torch.isfinite(out).all()
+    assert [s.sigma for s in trace.steps][:1] == pytest.approx([float(sigmas[0])])
+    assert {round(s.sigma, 5) for s in trace.steps} <= {round(float(v), 5) for v in sigmas[:-1]}
+    computed = sum(not s.reuse for s in trace.steps)
+    assert 0 < computed < len(trace.steps)          # caching acts on the planned schedule too
+
+
+def test_schedule_node_refuses_bad_input(host, sc, demo):
+    model, profile, *_ = demo
+    other = sc.core.SensitivityProfile(sigmas=profile.sigmas, alpha_x=profile.alpha_x, alpha_t=profile.alpha_t,
+                                       metadata={"latent_channels": 4})
+    with pytest.raises(sc.core.ProfileError, match="latent"):
+        node(host, "SenCacheSchedule").execute(model, other, 8, "simple", 30, 1.0)
+    with pytest.raises(sc.core.ProfileError):
+        node(host, "SenCacheSchedule").execute(model, None, 8, "simple", 30, 1.0)
+    one = node(host, "SenCacheSchedule").execute(model, profile, 1, "simple", 30, 1.0).args[0]
+    assert one.tolist() == pytest.approx([1.0, 0.0])
