@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 from ..sencache_core import ProfileError, compare_fingerprints
+from .learn import ProfileLearner
 from .model_info import model_facts
 from .runtime import REUSE_MODES, SenCacheHolder, SenCacheSettings, attach
 
@@ -32,9 +33,9 @@ def check_profile(profile, facts: dict) -> list[str]:
     return warnings
 
 
-def apply_sencache(model, profile, settings: SenCacheSettings, node_id: str | None = None):
-    if profile is None:
-        raise ProfileError("SenCache needs a sensitivity profile: connect Load Profile or a Sensitivity Calibrator")
+def apply_sencache(model, profile, settings: SenCacheSettings, node_id: str | None = None, learning_runs: int = 1):
+    """Attach SenCache. profile None = learn mode: the profile is learned from this model's own runs and stored in
+    models/sencache/learned (nodes/learn.py); the first `learning_runs` runs compute every step."""
     for name in ("eps_start", "eps_main"):
         v = getattr(settings, name)
         if not (v >= 0):
@@ -46,7 +47,11 @@ def apply_sencache(model, profile, settings: SenCacheSettings, node_id: str | No
     if settings.reuse_mode not in REUSE_MODES:
         raise ValueError(f"reuse_mode must be one of {REUSE_MODES}")
     facts = model_facts(model)
-    for w in check_profile(profile, facts):
-        log.warning("SenCache: %s", w)
-    holder = SenCacheHolder(profile, settings, facts["latent_channels"], node_id=node_id)
+    learner = None
+    if profile is None:
+        learner = ProfileLearner(facts, learning_runs)
+    else:
+        for w in check_profile(profile, facts):
+            log.warning("SenCache: %s", w)
+    holder = SenCacheHolder(profile, settings, facts["latent_channels"], node_id=node_id, learner=learner)
     return attach(model, holder), holder

@@ -17,7 +17,7 @@ import torch
 import comfy.model_patcher
 import comfy.patcher_extension
 
-from ..sencache_core.policy import OUT_OF_PROFILE
+from ..sencache_core.policy import OUT_OF_PROFILE, Decision
 from ..sencache_core.reuse import extrapolate
 from ..sencache_core.budget import eps_for_budget, k_for_target, target_from_speedup
 from ..sencache_core import (PolicyState, ReusePolicy, RunTrace, SensitivityProfile, StepRecord, rms_diff)
@@ -29,6 +29,7 @@ RUN_KEY = "sencache_run"    # transformer_options key of the per-run state
 # unconditional pass (CFG 1); with CFG it reuses the output as is (sencache_core/reuse.py says why)
 REUSE_MODES = ("output", "output_minus_input", "output_extrapolated")
 DEFAULT_LISTENERS: list = []  # listeners every new SenCacheHolder starts with (ui_events registers the UI event)
+LEARNING = "learning"       # decision reason of every evaluation of a learning run (learn mode, nodes/learn.py)
 
 
 @dataclass
@@ -50,8 +51,10 @@ class SenCacheHolder:
     """Lives on the patched model (shared by its clones); makes one RunState per sampling run and keeps the
     last run's trace for the Visualizer and the UI."""
 
-    def __init__(self, profile: SensitivityProfile, settings: SenCacheSettings, latent_channels: int, node_id: str | None = None):
-        self.profile = profile
+    def __init__(self, profile: SensitivityProfile | None, settings: SenCacheSettings, latent_channels: int,
+                 node_id: str | None = None, learner=None):
+        self.profile = profile      # learn mode: the profile of the last run (None before the first learned one)
+        self.learner = learner      # nodes.learn.ProfileLearner in learn mode (no profile connected), else None
         self.settings = settings
         self.latent_channels = latent_channels
         self.node_id = node_id
@@ -97,14 +100,17 @@ class _Stream:
 
 
 class RunState:
-    def __init__(self, holder: SenCacheHolder, model_sampling, sample_sigmas: torch.Tensor):
+    def __init__(self, holder: SenCacheHolder, model_sampling, sample_sigmas: torch.Tensor, learning: bool = False):
         self.holder = holder
-        self.policy = holder.make_policy(model_sampling)
+        self.learning = learning    # a learning run: every evaluation is computed, the learner observes them
+        self.policy = None if learning else holder.make_policy(model_sampling)
         self.channels = holder.latent_channels
         self.mode = holder.settings.reuse_mode
         sig = [float(s) for s in sample_sigmas.flatten().tolist()]
         budget = None
-        if holder.settings.target_speedup > 0:
+        if learning:
+            self.policy_unguided = None
+        elif holder.settings.target_speedup > 0:
             s = holder.settings
             target = target_from_speedup(len(sig) - 1, s.target_speedup)
             ratio = s.eps_start / s.eps_main if s.eps_main > 0 else 0.2
@@ -129,9 +135,12 @@ class RunState:
             self.policy_unguided = self.policy.for_guidance(False)
         self.final_sigmas = [sig[i] for i in range(len(sig) - 1) if sig[i + 1] == 0.0 and sig[i] > 0]
         self.trace = RunTrace(config={**holder.settings.__dict__, "node_id": holder.node_id, "budget": budget,
-                                      "eps_main": self.policy.eps_main, "eps_start": self.policy.eps_start,
-                                      "max_consecutive": self.policy.max_consecutive,
-                                      "sample_sigmas": sig, "profile_range": list(holder.profile.sigma_range)})
+                                      "eps_main": None if learning else self.policy.eps_main,
+                                      "eps_start": None if learning else self.policy.eps_start,
+                                      "max_consecutive": None if learning else self.policy.max_consecutive,
+                                      "sample_sigmas": sig,
+                                      "profile_range": None if learning else list(holder.profile.sigma_range),
+                                      "profile_status": holder.learner.status if holder.learner else None})
         self.streams: dict = {}
         self.eval_id = 0
         self._pending = None
@@ -163,25 +172,28 @@ class RunState:
         if new_eval:
             stream.eval_id, stream.served = self.eval_id, set()
             ref = stream.x_ref
-            dx = rms_diff(x_lat, ref) if ref is not None and ref.shape == x_lat.shape else None
-            if dx is None and ref is not None:        # shape changed mid-run: start over, never reuse stale data
+            dx = rms_diff(x_lat, ref) if ref is not None and ref.shape == x_lat.shape and not self.learning else None
+            if dx is None and ref is not None and not self.learning:   # shape changed mid-run: start over, never reuse stale data
                 stream.cache.clear()
                 stream.previous.clear()
                 stream.policy_state = PolicyState()
-            policy = self.policy if stream.saw_uncond else self.policy_unguided
-            if self.trace.config.get("guided") is not stream.saw_uncond:    # the settings in effect, once known
-                self.trace.config.update(guided=stream.saw_uncond, eps_main=policy.eps_main,
-                                         eps_start=policy.eps_start, max_consecutive=policy.max_consecutive)
-            decision = policy.decide(stream.policy_state, sigma, dx, self._is_final(sigma),
-                                     self._cache_usable(stream, keys, x))
-            policy.commit(stream.policy_state, sigma, decision)
+            if self.learning:
+                decision = Decision(False, LEARNING, None, 0.0, dx, None)
+            else:
+                policy = self.policy if stream.saw_uncond else self.policy_unguided
+                if self.trace.config.get("guided") is not stream.saw_uncond:    # the settings in effect, once known
+                    self.trace.config.update(guided=stream.saw_uncond, eps_main=policy.eps_main,
+                                             eps_start=policy.eps_start, max_consecutive=policy.max_consecutive)
+                decision = policy.decide(stream.policy_state, sigma, dx, self._is_final(sigma),
+                                         self._cache_usable(stream, keys, x))
+                policy.commit(stream.policy_state, sigma, decision)
             if decision.reason == OUT_OF_PROFILE and not self.trace.warnings:
                 lo, hi = self.holder.profile.sigma_range
                 msg = (f"σ={sigma:.4g} lies outside the profile's measured range [{lo:.4g}, {hi:.4g}]: computing those "
                        "steps (no reuse). Calibrate with this schedule to cache them.")
                 log.warning("SenCache: %s", msg)
                 self.trace.warnings.append(msg)
-            if not decision.reuse:
+            if not decision.reuse and not self.learning:
                 stream.x_ref = x_lat.detach().clone()
             stream.record = StepRecord(len(self.trace.steps), sigma, decision.reuse, decision.reason, decision.score,
                                        decision.eps, decision.dx, decision.dsigma,
@@ -236,6 +248,9 @@ class RunState:
         record.computed_conds.extend(names)
         if out.shape[0] != x.shape[0]:
             return
+        if self.learning:          # nothing is cached in a learning run: the learner keeps what it needs
+            self.holder.learner.observe(record.sigma, x, out, names)
+            return
         for i, k in enumerate(keys):
             part = out[i * per:(i + 1) * per]
             if self.mode == "output_minus_input":
@@ -289,7 +304,14 @@ def outer_sample_wrapper(executor, *args, **kwargs):
         to = guider.model_options["transformer_options"]
         holder: SenCacheHolder = to[KEY]
         sigmas = args[3]
-        run = RunState(holder, guider.model_patcher.model.model_sampling, sigmas)
+        learning = False
+        if holder.learner is not None:     # learn mode: a stored learned profile, or a learning run
+            profile = holder.learner.profile_for_run(guider.model_patcher, tuple(args[0].shape[1:]), args[2],
+                                                     getattr(guider, "cfg", None))
+            learning = profile is None
+            if profile is not None:
+                holder.profile = profile
+        run = RunState(holder, guider.model_patcher.model.model_sampling, sigmas, learning)
         to[RUN_KEY] = run
         out = executor(*args, **kwargs)
         interrupted = False
@@ -302,6 +324,11 @@ def outer_sample_wrapper(executor, *args, **kwargs):
             except Exception as e:   # timing is bookkeeping: never let it fail a finished render
                 log.warning("SenCache: could not read model-call timings: %s", e)
             run.free()
+            if run.learning:
+                learned = run.holder.learner.publish(interrupted)
+                if learned is not None:
+                    run.holder.profile = learned
+                run.trace.config["profile_status"] = run.holder.learner.status
             run.holder.publish(run.trace.finish(interrupted=interrupted))
 
 

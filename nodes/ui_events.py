@@ -7,7 +7,8 @@ ComfyUI's server has been constructed. The event goes to the client that queued 
 
 Payload (JSON): sencache_core.plotting.compact(trace, node_id) plus "prompt_id":
   node_id (the SenCache node's unique_id), computed, reused, total, speedup (estimate), wall_seconds,
-  model_seconds, interrupted, steps: [{sigma, reuse, S, eps, reason}, ...].
+  model_seconds, interrupted, status (learn mode: what the profile is doing, else None),
+  steps: [{sigma, reuse, S, eps, reason}, ...].
 """
 from __future__ import annotations
 

@@ -56,6 +56,7 @@ def compact(trace: RunTrace, node_id=None) -> dict:
         "speedup": _finite(sp),
         "wall_seconds": _finite(trace.wall_seconds), "model_seconds": _finite(trace.model_seconds),
         "interrupted": bool(trace.interrupted),
+        "status": (trace.config or {}).get("profile_status"),
         "steps": [{"sigma": _finite(s.sigma), "reuse": bool(s.reuse), "S": _finite(s.score), "eps": _finite(s.eps),
                    "reason": s.reason} for s in trace.steps],
     }
@@ -76,6 +77,8 @@ def summary(trace: RunTrace, profile=None, node_id=None) -> str:
     else:
         lines.append("Speed-up: not available (no finished run with computed evaluations).")
     cfg = trace.config or {}
+    if cfg.get("profile_status"):
+        lines.append(f"Profile: {cfg['profile_status']}.")
     if cfg:
         lines.append(f"Settings: ε_start={cfg.get('eps_start')}, ε_main={cfg.get('eps_main')}, "
                      f"K={cfg.get('max_consecutive')} (max reuses in a row).")

@@ -1,7 +1,7 @@
 // SenCache frontend extension: shows each sampling run's trace on the SenCache node that ran it.
 //
 // The server sends "sencache.trace" after every sampling run (nodes/ui_events.py) with
-//   { node_id, prompt_id, computed, reused, total, speedup, wall_seconds, model_seconds, interrupted,
+//   { node_id, prompt_id, computed, reused, total, speedup, wall_seconds, model_seconds, interrupted, status,
 //     steps: [{ sigma, reuse, S, eps, reason }, ...] }
 // This extension stores it on the matching node as `node.sencacheTrace`, draws a compact per-step strip at
 // the bottom of the node (one cell per model evaluation: blue = computed, green = reused; bar height = S/ε,
@@ -51,7 +51,8 @@ function drawStrip(node, ctx) {
   ctx.textAlign = "left";
   ctx.textBaseline = "alphabetic";
   ctx.fillStyle = "#bbbbbb";
-  const head = `SenCache: computed ${t.computed}/${t.total} · speed-up ${fmtSpeedup(t)} (est.)` + (t.interrupted ? " · interrupted" : "");
+  const head = `SenCache: computed ${t.computed}/${t.total} · speed-up ${fmtSpeedup(t)} (est.)` + (t.interrupted ? " · interrupted" : "")
+    + (t.status ? ` · ${t.status}` : "");
   ctx.fillText(head, pad, top + 11, w - 2 * pad);
   ctx.fillStyle = "rgba(0,0,0,0.25)";
   ctx.fillRect(pad, barTop, w - 2 * pad, barH);
@@ -111,7 +112,8 @@ function showTrace(detail) {
     severity: detail.interrupted ? "warn" : "info",
     summary: "SenCache",
     detail: `${who}: computed ${detail.computed}/${detail.total} model evaluations, measured speed-up ` +
-            `${fmtSpeedup(detail)} (estimate from measured times)` + (detail.interrupted ? ", run interrupted" : ""),
+            `${fmtSpeedup(detail)} (estimate from measured times)` + (detail.interrupted ? ", run interrupted" : "") +
+            (detail.status ? `; ${detail.status}` : ""),
     life: 6000,
   });
 }
