@@ -50,7 +50,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .norms import rms_diff
 from .profile import ProfileError, SensitivityProfile
 
 SOURCE = "learned"
@@ -100,12 +99,15 @@ class PairRecorder:
         if self.window and not sigma < self.window[-1][0]:
             self.window.clear()
         new = []
-        for back, (s0, x0, f0) in enumerate(reversed(self.window), start=1):
-            if x0.shape != x.shape or f0.shape != f.shape:
-                continue
-            ob = Observation(s0, sigma, rms_diff(x, x0), rms_diff(f, f0), back)
-            if all(math.isfinite(v) for v in (ob.dx, ob.df)):
-                new.append(ob)
+        pairs = [(back, s0, x0, f0) for back, (s0, x0, f0) in enumerate(reversed(self.window), start=1)
+                 if x0.shape == x.shape and f0.shape == f.shape]
+        if pairs:       # every norm of this evaluation in one host transfer
+            xf, ff = x.detach().float(), f.detach().float()
+            norms = torch.stack([torch.stack([_rms_t(xf - x0.float()), _rms_t(ff - f0.float())])
+                                 for _, _, x0, f0 in pairs]).tolist()
+            for (back, s0, _, _), (dx, df) in zip(pairs, norms):
+                if math.isfinite(dx) and math.isfinite(df):
+                    new.append(Observation(s0, sigma, dx, df, back))
         self.observations.extend(new)
         self.window.append((sigma, x.detach().clone(), f.detach().clone()))
         del self.window[:-self.max_gap]
@@ -114,6 +116,11 @@ class PairRecorder:
     def finish(self) -> list[Observation]:
         self.window.clear()
         return list(self.observations)
+
+
+def _rms_t(v: torch.Tensor) -> torch.Tensor:
+    """rms (sencache_core.norms) as a tensor, so several can be read at once."""
+    return torch.linalg.vector_norm(v) / (v.numel() ** 0.5) if v.numel() else v.new_zeros(())
 
 
 # ---- fitting ------------------------------------------------------------------------------------------------
