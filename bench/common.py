@@ -60,7 +60,7 @@ def pack_namespace():
         setattr(ns, name, importlib.import_module(f"{pack.__name__}.nodes.{name}"))
     ns.core = importlib.import_module(f"{pack.__name__}.sencache_core")
     try:
-        ns.plotting = importlib.import_module(f"{pack.__name__}.sencache_core.plotting")
+        ns.plotting = importlib.import_module(f"{pack.__name__}.nodes.plotting")
     except Exception:
         ns.plotting = None
     return ns

@@ -13,7 +13,7 @@ that file is missing, a SenCacheCalibrator node inside the graph (its own seeds,
 
 Writes to --out: uncached.webp / sencache.webp (ComfyUI's SaveAnimatedWEBP), uncached.gif / sencache.gif,
 side_by_side.png (rows: uncached, SenCache, |difference| x4), sencache_run.png and sencache_profile.png
-(sencache_core.plotting), trace.json, the two API graphs, report.md. Prints the folder.
+(the SenCache Visualizer node's plot, nodes/plotting.py), trace.json, the two API graphs, report.md. Prints the folder.
 """
 from __future__ import annotations
 
@@ -219,8 +219,6 @@ def main(argv=None):
         print(sc.core.SensitivityProfile.load(COMMITTED_PROFILE).describe())
         return COMMITTED_PROFILE
 
-    traces = []
-    sc.runtime.DEFAULT_LISTENERS.append(lambda holder, trace: traces.append((holder, trace)))
     sencache = {k: v for k, v in dict(eps_main=args.eps_main, eps_start=args.eps_start,
                                       max_consecutive_reuse=args.max_consecutive, reuse_mode=args.reuse_mode,
                                       target_speedup=args.target_speedup).items()
@@ -263,8 +261,15 @@ def main(argv=None):
             last[name] = outputs
     runner.close()
 
+    # one more (untimed) SenCache run with the Visualizer: the plot and the trace as the product shows them
+    vis_outputs, _ = runner.run(G.demo_graph(**common, sencache=sencache, profile=prof_name, prefix="sencache_vis",
+                                             visualize=True))
+    trace = vis_outputs[G.NODE_VISUALIZER]["sencache_trace"][0]
+    profile = sc.core.SensitivityProfile.load(prof_dir / prof_name)
     frames = {n: _load_frames(_files(last[n], G.NODE_FRAMES), 4) for n in last}
-    holder, trace = traces[-1]
+    vis_frames = _load_frames(_files(vis_outputs, G.NODE_FRAMES), 4)
+    if not torch.equal(vis_frames, frames["sencache"]):
+        print("note: the Visualizer run's frames differ from the timed SenCache run's")
     psnr, ssim = C.psnr(frames["sencache"], frames["uncached"]), C.ssim(frames["sencache"], frames["uncached"])
     for n in last:
         webp = _files(last[n], G.NODE_WEBP)
@@ -273,15 +278,17 @@ def main(argv=None):
         _gif(frames[n], out / f"{n}.gif")
     _side_by_side(frames["uncached"], frames["sencache"], out / "side_by_side.png")
     plots = []
+    plot_files = _files(vis_outputs, G.NODE_PLOT)
+    if plot_files:
+        shutil.copy2(plot_files[0], out / "sencache_run.png")
+        plots.append("sencache_run.png")
     if sc.plotting is not None:
         try:
-            _save_rgb(sc.plotting.render_run(trace, holder.profile, title="SenCache on the demo workflow"), out / "sencache_run.png")
-            plots.append("sencache_run.png")
-            _save_rgb(sc.plotting.render_profile(holder.profile, title="demo profile"), out / "sencache_profile.png")
+            _save_rgb(sc.plotting.render_profile(profile, title="demo profile"), out / "sencache_profile.png")
             plots.append("sencache_profile.png")
         except Exception as e:          # plots are a bonus; never lose the report over them
             print(f"plotting failed: {e}")
-    (out / "trace.json").write_text(json.dumps(trace.to_dict(), indent=1, default=str))
+    (out / "trace.json").write_text(json.dumps(trace, indent=1, default=str))
 
     med = {n: statistics.median(v) for n, v in times.items()}
     smed = {n: statistics.median(v) for n, v in sampler_times.items()}
@@ -297,11 +304,11 @@ def main(argv=None):
         f"- Weights: sha256 `{w['sha256']}`, training steps {w['training_steps']} (loss {w['loss']}).",
         f"- SenCache inputs: eps_main {st['eps_main']}, eps_start {st['eps_start']}, K {st['max_consecutive_reuse']}, reuse mode "
         f"{st['reuse_mode']}, target_speedup {st['target_speedup']}"
-        + (f" (in effect, derived from the target: eps_main {trace.config['eps_main']:.4g}, eps_start "
-           f"{trace.config['eps_start']:.4g}, K {trace.config['max_consecutive']})" if st['target_speedup'] else "")
-        + f"; profile: {profile_source} — {holder.profile.describe()}.",
-        f"- Model evaluations: uncached {args.steps}; SenCache computed **{trace.computed} of {len(trace.steps)}** "
-        f"(reused {trace.reused}).",
+        + (f" (in effect, derived from the target: eps_main {trace['settings']['eps_main']:.4g}, eps_start "
+           f"{trace['settings']['eps_start']:.4g}, K {trace['settings']['max_consecutive']})" if st['target_speedup'] else "")
+        + f"; profile: {profile_source} — {profile.describe()}.",
+        f"- Model evaluations: uncached {args.steps}; SenCache computed **{trace['computed']} of {trace['total']}** "
+        f"(reused {trace['reused']}).",
         f"- Wall-clock, median of {args.repeats} alternating repeats on this CPU (1 thread, shared machine): whole graph "
         f"uncached {med['uncached']:.2f} s, SenCache {med['sencache']:.2f} s → **{med['uncached'] / med['sencache']:.2f}×**; "
         f"sampler call only (inside KSampler) {smed['uncached']:.2f} s vs {smed['sencache']:.2f} s → "

@@ -6,6 +6,7 @@ by the demo (bench/demo.py), the tests and whoever writes the UI-format example 
     EmptyHunyuanLatentVideo(128 x 128, length 29) = latent [1, 16, 8, 16, 16]
     KSampler(uni_pc, simple, 30 steps, cfg 6)  = ComfyUI's Wan 2.1 template settings
     SenCacheDemoDecode(upscale 4) -> SaveImage (frames) + SaveAnimatedWEBP (preview)
+    [visualize: SenCacheVisualizer(SenCache MODEL, sampled LATENT) -> SaveImage (the run's plot)]
 
 Node ids are stable strings so callers can read outputs: see NODE_* below.
 """
@@ -17,6 +18,8 @@ NODE_SAMPLER = "8"
 NODE_FRAMES = "10"
 NODE_WEBP = "11"
 NODE_CALIBRATOR = "6"
+NODE_VISUALIZER = "15"
+NODE_PLOT = "16"
 
 # The SenCache node's inputs (besides model/profile) the demo uses; eps values in RMS units of the model output.
 SENCACHE_DEFAULTS = dict(eps_main=0.1, eps_start=0.02, eps_switch_percent=0.2, max_consecutive_reuse=3,
@@ -27,11 +30,12 @@ SENCACHE_DEFAULTS = dict(eps_main=0.1, eps_start=0.02, eps_switch_percent=0.2, m
 def demo_graph(text: str = "red circle and blue square on green", seed: int = 42, steps: int = 30, cfg: float = 6.0,
                sampler: str = "uni_pc", scheduler: str = "simple", shift: float = 8.0, sencache: dict | None = None,
                profile: str | None = PROFILE_NAME, calibrate: dict | None = None, prefix: str = "sencache_demo",
-               upscale: int = 4, weights: str = WEIGHTS_NAME) -> dict:
+               upscale: int = 4, weights: str = WEIGHTS_NAME, visualize: bool = False) -> dict:
     """API-format graph. sencache=None: plain (uncached) sampling. sencache=dict of SenCache inputs (missing keys
     from SENCACHE_DEFAULTS): the model goes through SenCache with a profile from SenCacheLoadProfile(`profile`), or,
     when `calibrate` is given (dict of SenCacheCalibrator inputs: seed, runs, text), from a Sensitivity Calibrator
-    node run on its own seed(s) with the same sampler settings."""
+    node run on its own seed(s) with the same sampler settings. visualize (with sencache): add the SenCache
+    Visualizer after the sampler and save its plot."""
     g = {
         "1": {"class_type": "UNETLoader", "inputs": {"unet_name": weights, "weight_dtype": "default"}},
         "2": {"class_type": "ModelSamplingSD3", "inputs": {"model": ["1", 0], "shift": shift}},
@@ -63,6 +67,11 @@ def demo_graph(text: str = "red circle and blue square on green", seed: int = 42
             prof = [NODE_CALIBRATOR, 0]
         g["7"] = {"class_type": "SenCacheApply", "inputs": {"model": ["2", 0], "profile": prof, **inputs}}
         g[NODE_SAMPLER]["inputs"]["model"] = ["7", 0]
+        if visualize:
+            g[NODE_VISUALIZER] = {"class_type": "SenCacheVisualizer", "inputs": {"model": ["7", 0],
+                                                                               "latent": [NODE_SAMPLER, 0]}}
+            g[NODE_PLOT] = {"class_type": "SaveImage", "inputs": {"images": [NODE_VISUALIZER, 0],
+                                                                  "filename_prefix": f"{prefix}_plot"}}
     return g
 
 

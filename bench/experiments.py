@@ -5,8 +5,8 @@
 Each variant is the pack's SenCache node code with one thing changed (the table at the top of the report says
 what); every variant gets the same per-sample threshold search as the benchmark (bench/quality.py match_budgets),
 so all rows use exactly the same number of model evaluations per sample. Variants that need code the pack does not
-have (step-size-weighted ε, first-order extrapolation) are implemented here, as subclasses of the pack's RunState /
-ReusePolicy, so that a losing idea never reaches the pack. Writes results/experiments/<config>.md and .json.
+have (step-size-weighted ε, first-order extrapolation) are implemented here, as a subclass of the pack's RunState
+(given to the pack through apply_sencache(run_class=...)) and of ReusePolicy, so that a losing idea never reaches the pack. Writes results/experiments/<config>.md and .json.
 """
 from __future__ import annotations
 
@@ -87,8 +87,9 @@ ANCHORS = ("Fixed interval (output)", "Fewer steps (shift 8)")
 BASE = "SenCache (output)"      # the first row of every round; Δ are against it
 
 
-def _install_experimental_runtime(sc):
-    """Subclass the pack's RunState (only in this process) for the variants the pack does not implement."""
+def experimental_run_class(sc):
+    """A subclass of the pack's RunState for the variants the pack does not implement, handed to the pack through
+    its public extension point (apply_sencache(run_class=...)); it overrides only RunState's documented hooks."""
     R = sc.runtime
     from sencache_core.policy import ReusePolicy
 
@@ -109,8 +110,9 @@ def _install_experimental_runtime(sc):
         def __init__(self, holder, model_sampling, sample_sigmas):
             super().__init__(holder, model_sampling, sample_sigmas)
             if getattr(holder.settings, "step_weighted", False):
-                fields = {f.name: getattr(self.policy, f.name) for f in dataclasses.fields(ReusePolicy)}
-                self.policy = StepWeightedPolicy(**fields, sigmas=tuple(float(v) for v in sample_sigmas.flatten()))
+                g = self.plan.guided
+                fields = {f.name: getattr(g, f.name) for f in dataclasses.fields(ReusePolicy)}
+                self.plan = dataclasses.replace(self.plan, guided=StepWeightedPolicy(**fields, sigmas=self.plan.sigmas))
             # "extrapolate": the pack's output_extrapolated history, but extrapolating with CFG too (the pack does not)
             self.always_extrapolate = self.mode == "extrapolate"
             self.delta_from = getattr(holder.settings, "delta_from", None) if self.mode == "extrapolate_delta" else None
@@ -119,98 +121,93 @@ def _install_experimental_runtime(sc):
             self.online = getattr(holder.settings, "online", False)
             self.branch_key: dict = {}
             self.log_ratios: list = []
+            self.cond_or_uncond: list = []
+
+        def keeps_previous(self, stream):
+            return self.mode == "output_extrapolated" and (self.always_extrapolate or bool(self.delta_from)
+                                                           or not stream.saw_uncond)
 
         def before_call(self, x, transformer_options):
-            out = super().before_call(x, transformer_options)
-            if out is None or not (self.always_extrapolate or self.delta_from):
-                return out
-            sigma = float(transformer_options["sigmas"].flatten()[0])
-            keys = list(transformer_options.get("uuids") or [None])
-            stream = self.streams[None]
-            if self.delta_from and stream.saw_uncond:
-                # one extrapolation step, taken from one branch and added to every branch's cached output
-                cou = list(transformer_options.get("cond_or_uncond") or [])
-                want = 0 if self.delta_from == "cond" else 1
-                src = self.branch_key.get(want)
-                if want in cou:
-                    src = keys[cou.index(want)]
-                    self.branch_key[want] = src
-                if src is None or src not in stream.previous or stream.previous[src][1].shape != stream.cache[src].shape:
-                    return out
-                c_r = stream.cache[src]
-                step = extrapolate(stream.previous[src][1], stream.previous[src][0], c_r, stream.cache_sigma[src], sigma) - c_r
-                return torch.cat([stream.cache[k] + step for k in keys], dim=0)
-            if not all(k in stream.previous and stream.previous[k][1].shape == stream.cache[k].shape for k in keys):
-                return out
-            return torch.cat([extrapolate(stream.previous[k][1], stream.previous[k][0], stream.cache[k],
-                                          stream.cache_sigma[k], sigma) for k in keys], dim=0)
+            self.cond_or_uncond = list(transformer_options.get("cond_or_uncond") or [])
+            return super().before_call(x, transformer_options)
 
-        def after_call(self, x, out):
-            stream, record, keys = self._pending[0], self._pending[1], self._pending[2]
+        def reused_output(self, stream, keys, sigma, parts):
+            if not (self.delta_from and stream.saw_uncond):
+                return super().reused_output(stream, keys, sigma, parts)   # extrapolates whenever it keeps history
+            # one extrapolation step, taken from one branch and added to every branch's cached output
+            cou = self.cond_or_uncond
+            want = 0 if self.delta_from == "cond" else 1
+            src = self.branch_key.get(want)
+            if want in cou:
+                src = keys[cou.index(want)]
+                self.branch_key[want] = src
+            if src is None or src not in stream.previous or stream.previous[src][1][0].shape != stream.cache[src][0].shape:
+                return [torch.cat([stream.cache[k][0] for k in keys], dim=0)]
+            c_r = stream.cache[src][0]
+            step = extrapolate(stream.previous[src][1][0], stream.previous[src][0], c_r, stream.cache_sigma[src], sigma) - c_r
+            return [torch.cat([stream.cache[k][0] + step for k in keys], dim=0)]
+
+        def store_computed(self, call, x_parts, out_parts):
+            stream, record, keys = call.stream, call.record, call.keys
             old = stream.cache.get(keys[0])
-            super().after_call(x, out)
+            super().store_computed(call, x_parts, out_parts)
             if self.online and record.score and record.index > 0 and keys[0] in stream.cache and old is not None:
-                observed = float((stream.cache[keys[0]] - old).pow(2).mean().sqrt())
+                observed = float((stream.cache[keys[0]][0] - old[0]).pow(2).mean().sqrt())
                 if observed > 0:
                     self.log_ratios.append(float(np.log(observed / record.score)))
                     c = float(np.clip(np.exp(np.mean(self.log_ratios)), 0.25, 4.0))
                     ps = stream.policy_state
                     if ps.alpha_ref is not None:
-                        base = self.policy.profile.lookup(ps.sigma_ref, self.policy.high_percentile)
+                        g = self.plan.guided
+                        base = g.profile.lookup(ps.sigma_ref, g.high_percentile)
                         ps.alpha_ref = (base[0] * c, base[1] * c)
 
-    R.RunState = ExpRunState
+        def model_call(self, executor, args, kwargs, to):
+            """"residual": reuse the residual of the transformer-block stack and re-run the rest of the model (patch
+            embedding, time embedding, output head) at the current σ, as the reference implementation does. Wan runs
+            each block through transformer_options["patches_replace"]["dit"][("double_block", i)] when present."""
+            if self.mode != "residual":
+                return super().model_call(executor, args, kwargs, to)
+            blocks = executor.class_obj.blocks
+            n = len(blocks)
+            keys = tuple(to.get("uuids") or [None])
+            store = self.__dict__.setdefault("residuals", {})
+            reused, call = self.before_call(args[0], to)
+            dit = dict(to.get("patches_replace", {}).get("dit", {}))
+            if call is None:
+                res = store.get(keys)
+                if res is None:
+                    return reused                       # no residual yet: plain output reuse (cannot happen after step 0)
+                for i in range(n):
+                    dit[("double_block", i)] = ((lambda a, o, r=res: {"img": a["img"] + r}) if i == 0
+                                                else (lambda a, o: {"img": a["img"]}))
+                to["patches_replace"] = dict(to.get("patches_replace", {}), dit=dit)
+                COUNTER.skip = True                     # blocks skipped: not a model evaluation
+                try:
+                    return executor(*args, **kwargs)
+                finally:
+                    COUNTER.skip = False
+                    to["patches_replace"]["dit"] = {k: v for k, v in dit.items() if k[0] != "double_block"}
+            box = {}
 
-    # "residual": reuse the residual of the transformer-block stack and re-run the rest of the model (patch
-    # embedding, time embedding, output head) at the current σ, as the reference implementation does. Wan runs each
-    # block through transformer_options["patches_replace"]["dit"][("double_block", i)] when present.
-    original_wrapper = R.diffusion_model_wrapper
+            def first(a, o):
+                box["in"] = a["img"]
+                return o["original_block"](a)
 
-    def residual_wrapper(executor, *args, **kwargs):
-        to = R.find_transformer_options(args, kwargs)
-        run = to.get(R.RUN_KEY) if to else None
-        if run is None or to.get("sigmas") is None or run.mode != "residual":
-            return original_wrapper(executor, *args, **kwargs)
-        blocks = executor.class_obj.blocks
-        n = len(blocks)
-        keys = tuple(to.get("uuids") or [None])
-        store = run.__dict__.setdefault("residuals", {})
-        reused = run.before_call(args[0], to)
-        dit = dict(to.get("patches_replace", {}).get("dit", {}))
-        if reused is not None:
-            res = store.get(keys)
-            if res is None:
-                return reused                       # no residual yet: plain output reuse (cannot happen after step 0)
-            for i in range(n):
-                dit[("double_block", i)] = ((lambda a, o, r=res: {"img": a["img"] + r}) if i == 0
-                                            else (lambda a, o: {"img": a["img"]}))
+            def last(a, o):
+                out = o["original_block"](a)
+                box["res"] = out["img"] - box["in"] if n > 1 else out["img"] - a["img"]
+                return out
+            dit[("double_block", 0)] = first if n > 1 else last
+            dit[("double_block", n - 1)] = last
             to["patches_replace"] = dict(to.get("patches_replace", {}), dit=dit)
-            COUNTER.skip = True                     # blocks skipped: not a model evaluation
-            try:
-                return executor(*args, **kwargs)
-            finally:
-                COUNTER.skip = False
-                to["patches_replace"]["dit"] = {k: v for k, v in dit.items() if k[0] != "double_block"}
-        box = {}
-
-        def first(a, o):
-            box["in"] = a["img"]
-            return o["original_block"](a)
-
-        def last(a, o):
-            out = o["original_block"](a)
-            box["res"] = out["img"] - box["in"] if n > 1 else out["img"] - a["img"]
+            out = executor(*args, **kwargs)
+            self.after_call(call, args[0], out)
+            if "res" in box:
+                store[keys] = box["res"].detach().clone()
             return out
-        dit[("double_block", 0)] = first if n > 1 else last
-        dit[("double_block", n - 1)] = last
-        to["patches_replace"] = dict(to.get("patches_replace", {}), dit=dit)
-        out = executor(*args, **kwargs)
-        run.after_call(args[0], out)
-        if "res" in box:
-            store[keys] = box["res"].detach().clone()
-        return out
 
-    R.diffusion_model_wrapper = residual_wrapper
+    return ExpRunState
 
 
 class ExpCounter(C.EvalCounter):
@@ -232,11 +229,12 @@ class ExpBench(Q.Bench):
         super().__init__(*a, **kw)
         self.counter.close()
         self.counter = COUNTER = ExpCounter(self.base, memo=True)
+        self.run_class = experimental_run_class(self.sc)
 
     def run(self, model, text, seed, steps=None):
         # the memo would return a full forward's output without running the blocks, so no residual would be
         # recorded: residual runs go without it
-        h = model.model_options.get("transformer_options", {}).get(self.sc.runtime.KEY)
+        h = self.sc.runtime.find_holder(model)
         residual = h is not None and h.settings.reuse_mode == "residual"
         memo, self.counter.memo_on = self.counter.memo_on, self.counter.memo_on and not residual
         try:
@@ -280,15 +278,16 @@ class ExpBench(Q.Bench):
             st = S(**base)
             profile = self.profiles[name] if name in self.profiles else self.profile
             if o.get("shift"):
-                return self.sc.apply.apply_sencache(C.with_shift(self.base, o["shift"]), profile, st)[0], self.N
+                return self.sc.apply.apply_sencache(C.with_shift(self.base, o["shift"]), profile, st,
+                                                    run_class=self.run_class)[0], self.N
             if o.get("mode") in ("extrapolate", "residual", "extrapolate_delta"):
                 # apply_sencache validates reuse_mode: build with "output", then switch the mode on the holder
                 st = dataclasses.replace(st, reuse_mode="output")
-                model = self.sc.apply.apply_sencache(self.model, profile, st)[0]
-                holder = model.model_options["transformer_options"][self.sc.runtime.KEY]
+                model = self.sc.apply.apply_sencache(self.model, profile, st, run_class=self.run_class)[0]
+                holder = self.sc.runtime.find_holder(model)
                 holder.settings = dataclasses.replace(holder.settings, reuse_mode=o["mode"])
                 return model, self.N
-            return self.sc.apply.apply_sencache(self.model, profile, st)[0], self.N
+            return self.sc.apply.apply_sencache(self.model, profile, st, run_class=self.run_class)[0], self.N
         return super().make(name, B, p)
 
     @staticmethod
@@ -316,7 +315,6 @@ def main(argv=None):
     logging.getLogger().setLevel(logging.WARNING)
     nodes, sc, _ = C.boot(weights=args.weights)
     logging.getLogger().setLevel(logging.WARNING)
-    _install_experimental_runtime(sc)
     t0 = time.perf_counter()
     snap = pathlib.Path(tempfile.mkdtemp(prefix="sencache_w_")) / pathlib.Path(args.weights).name
     shutil.copy2(args.weights, snap)

@@ -495,7 +495,9 @@ class Bench:
         if method == "sencache":
             def count(eps):
                 holder = self.sc_runtime.SenCacheHolder(self.profile, self.sencache_settings(eps), 16)
-                return simulate_sencache(self.rec, self.dist, holder.make_policy(ms), self.sc_core.PolicyState())
+                sigmas = [r["sigma"] for r in self.rec] + [0.0]
+                policy = self.sc_core.plan_run(holder.plan_settings(ms), self.profile, sigmas).guided
+                return simulate_sencache(self.rec, self.dist, policy, self.sc_core.PolicyState())
         else:
             start_t = float(ms.percent_to_sigma(self.args.easycache_start))
             end_t = float(ms.percent_to_sigma(self.args.easycache_end))

@@ -1,12 +1,15 @@
 """Boot the real ComfyUI host in library mode (CPU, offline). See ../shared/design/HOST.md.
 
-ComfyUI location: $SENCACHE_COMFYUI if set, else .dev/ComfyUI made by scripts/setup.sh.
+ComfyUI location: $SENCACHE_COMFYUI if set, else .dev/ComfyUI made by scripts/setup.sh. scripts/test.sh runs the
+suite once per host (0.3.75, and 0.18.1 where its source tree is available), setting SENCACHE_COMFYUI and, for
+0.18.1, PYTHONPATH=.dev/site-0.18.1 (the packages that host needs beyond the venv).
 """
 from __future__ import annotations
 
 import asyncio
 import os
 import pathlib
+import re
 import sys
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -18,6 +21,19 @@ def comfyui_dir() -> pathlib.Path:
     if not (d / "comfy" / "model_management.py").exists():
         raise RuntimeError(f"No ComfyUI at {d}: run scripts/setup.sh (or set SENCACHE_COMFYUI)")
     return d
+
+
+def comfyui_version(d: str | os.PathLike | None = None) -> tuple[int, ...]:
+    """The host's version from its comfyui_version.py, e.g. (0, 18, 1); read from the file, without importing comfy."""
+    text = (pathlib.Path(d) if d else comfyui_dir()).joinpath("comfyui_version.py").read_text()
+    m = re.search(r"__version__\s*=\s*[\"']([0-9][0-9.]*)", text)
+    if not m:
+        raise RuntimeError(f"cannot read the ComfyUI version from {text!r}")
+    return tuple(int(p) for p in m.group(1).strip(".").split("."))
+
+
+def version_text(v: tuple[int, ...] | None = None) -> str:
+    return ".".join(map(str, v or comfyui_version()))
 
 
 def boot(base_dir: str | os.PathLike | None = None, load_pack: bool = True, cpu: bool = True):

@@ -1,19 +1,16 @@
 """ComfyUI nodes of the SenCache pack (V3 schema). Thin: inputs → sencache_core objects → wrappers."""
 from __future__ import annotations
 
-import importlib
-import importlib.util
-
 import comfy.samplers
 from comfy_api.latest import ComfyExtension, io
 
-from . import profiles
+from . import demo, profiles, visualize
 from .apply import apply_sencache
 from .calibrate import calibrate
 from .runtime import REUSE_MODES, SenCacheSettings
+from .ui_events import NODE_PUBLISHERS
 
 Profile = io.Custom("SENCACHE_PROFILE")
-OPTIONAL_NODE_MODULES = ("visualize", "demo")
 PCT = "fraction of the sampling schedule as ComfyUI counts it (0 = start, highest σ; 1 = end, σ = 0); works in σ, so it holds for any step count, denoise and split sampling"
 
 
@@ -80,7 +77,8 @@ class SenCache(io.ComfyNode):
                                     high_percentile=use_high_percentile, reuse_mode=reuse_mode,
                                     target_speedup=target_speedup)
         node_id = cls.hidden.unique_id if cls.hidden is not None else None
-        patched, _ = apply_sencache(model, profile, settings, node_id=node_id, learning_runs=learning_runs)
+        patched, _ = apply_sencache(model, profile, settings, node_id=node_id, publishers=NODE_PUBLISHERS,
+                                    learning_runs=learning_runs)
         return io.NodeOutput(patched)
 
 
@@ -116,8 +114,7 @@ class SensitivityCalibrator(io.ComfyNode):
         text = profile.describe()
         if save_as.strip():
             text += f"\nsaved: models/sencache/{profiles.save(profile, save_as)}"
-        from .visualize import profile_preview
-        return io.NodeOutput(latent, profile, ui={"text": [text], "images": profile_preview(profile)})
+        return io.NodeOutput(latent, profile, ui={"text": [text], "images": visualize.profile_preview(profile)})
 
 
 class SaveProfile(io.ComfyNode):
@@ -174,12 +171,7 @@ def _profile_names() -> list[str]:
 
 class SenCacheExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        node_list = [SenCache, SensitivityCalibrator, SaveProfile, LoadProfile]
-        # Further node modules each export NODES (a list of io.ComfyNode classes).
-        for name in OPTIONAL_NODE_MODULES:
-            if importlib.util.find_spec(f"{__name__}.{name}") is not None:
-                node_list += importlib.import_module(f".{name}", __name__).NODES
-        return node_list
+        return [SenCache, SensitivityCalibrator, SaveProfile, LoadProfile, *visualize.NODES, *demo.NODES]
 
 
 async def comfy_entrypoint() -> SenCacheExtension:

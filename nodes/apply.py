@@ -33,9 +33,11 @@ def check_profile(profile, facts: dict) -> list[str]:
     return warnings
 
 
-def apply_sencache(model, profile, settings: SenCacheSettings, node_id: str | None = None, learning_runs: int = 1):
-    """Attach SenCache. profile None = learn mode: the profile is learned from this model's own runs and stored in
-    models/sencache/learned (nodes/learn.py); the first `learning_runs` runs compute every step."""
+def apply_sencache(model, profile, settings: SenCacheSettings, node_id: str | None = None, publishers=(),
+                   run_class=None, learning_runs: int = 1):
+    """The model with SenCache attached, and its holder. publishers / run_class: SenCacheHolder's extension points.
+    profile None = learn mode: the profile is learned from this model's own runs and stored in models/sencache/learned
+    (nodes/learn.py); the first `learning_runs` runs of a model, latent shape and sampler family compute every step."""
     for name in ("eps_start", "eps_main"):
         v = getattr(settings, name)
         if not (v >= 0):
@@ -47,11 +49,15 @@ def apply_sencache(model, profile, settings: SenCacheSettings, node_id: str | No
     if settings.reuse_mode not in REUSE_MODES:
         raise ValueError(f"reuse_mode must be one of {REUSE_MODES}")
     facts = model_facts(model)
-    learner = None
+    run_setup = None
     if profile is None:
+        if run_class is not None:
+            raise ValueError("learn mode (no profile) makes its own runs; run_class needs a profile")
         learner = ProfileLearner(facts, learning_runs)
+        publishers, run_class, run_setup = (learner.publish, *publishers), learner.make_run, learner.begin_run
     else:
         for w in check_profile(profile, facts):
             log.warning("SenCache: %s", w)
-    holder = SenCacheHolder(profile, settings, facts["latent_channels"], node_id=node_id, learner=learner)
+    holder = SenCacheHolder(profile, settings, facts["latent_channels"], node_id=node_id, publishers=publishers,
+                            run_class=run_class, run_setup=run_setup)
     return attach(model, holder), holder

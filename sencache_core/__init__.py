@@ -13,9 +13,10 @@ from .policy import ReusePolicy, PolicyState, Decision
 from .calibration import TrajectoryCalibrator, aggregate_runs
 from .fingerprint import model_fingerprint, compare_fingerprints
 from .trace import RunTrace, StepRecord
+from .planning import PlanSettings, RunPlan, plan_run
 
 __all__ = [
     "rms", "rms_diff", "SensitivityProfile", "ProfileError", "merge_profiles", "D_PRESETS",
     "ReusePolicy", "PolicyState", "Decision", "TrajectoryCalibrator", "aggregate_runs",
-    "model_fingerprint", "compare_fingerprints", "RunTrace", "StepRecord",
+    "model_fingerprint", "compare_fingerprints", "RunTrace", "StepRecord", "PlanSettings", "RunPlan", "plan_run",
 ]

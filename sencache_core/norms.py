@@ -11,6 +11,14 @@ def rms(v: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(v.detach().float()) / (v.numel() ** 0.5)) if v.numel() else 0.0
 
 
+def rms_diff_tensor(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """RMS of a − b as a 0-d float32 tensor on their device (no host transfer), inputs untouched."""
+    d = a.detach().float() - b.detach().float()
+    if not d.numel():
+        return d.new_zeros(())
+    return torch.linalg.vector_norm(d) / (d.numel() ** 0.5)
+
+
 def rms_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     """RMS of a − b without modifying either tensor."""
-    return rms(a.detach().float() - b.detach().float())
+    return float(rms_diff_tensor(a, b))

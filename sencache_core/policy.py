@@ -13,7 +13,7 @@ an evaluation whose cache is unusable, and any σ_r the profile does not cover.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from .profile import SensitivityProfile
 
@@ -59,7 +59,6 @@ class ReusePolicy:
     sigma_reuse_end: float = 0.0               # ... and σ > this
     protect_final: bool = True
     high_percentile: bool = False              # use the profile's high percentile of α instead of the mean
-    notes: tuple = field(default=())
 
     def __post_init__(self):
         for name in ("eps_start", "eps_main"):
@@ -79,10 +78,23 @@ class ReusePolicy:
     def eps_at(self, sigma: float) -> float:
         return self.eps_start if sigma > self.sigma_eps_switch else self.eps_main
 
+    def needs_dx(self, state: PolicyState, sigma: float | None, final_step: bool, cache_ok: bool) -> bool:
+        """Whether `decide` reads dx. With σ = None: whether it may, judged from what is known before σ (the
+        run's state, the cache and K), so a host can skip measuring ‖x − x_r‖ on the other evaluations."""
+        if state.sigma_ref is None or state.alpha_ref is None or not cache_ok:
+            return False
+        if state.consecutive >= self.max_consecutive or max(self.eps_start, self.eps_main) <= 0:
+            return False
+        if sigma is None:
+            return True
+        return (self.sigma_reuse_end < sigma <= self.sigma_reuse_start and not (final_step and self.protect_final)
+                and self.eps_at(sigma) > 0)
+
     def decide(self, state: PolicyState, sigma: float, dx: float | None, final_step: bool, cache_ok: bool) -> Decision:
-        """Pure: the decision for an evaluation at σ with ‖x − x_r‖_rms = dx. Does not change `state`."""
+        """Pure: the decision for an evaluation at σ with ‖x − x_r‖_rms = dx. Does not change `state`.
+        dx is read only where the score decides (`needs_dx`); every other evaluation is decided without it."""
         eps = self.eps_at(sigma)
-        if state.sigma_ref is None or dx is None:
+        if state.sigma_ref is None:
             return Decision(False, FIRST, None, eps, None, None)
         dsigma = abs(sigma - state.sigma_ref)
         if not (self.sigma_reuse_end < sigma <= self.sigma_reuse_start):
@@ -91,12 +103,16 @@ class ReusePolicy:
             return Decision(False, FINAL, None, eps, dx, dsigma)
         if state.alpha_ref is None:
             return Decision(False, OUT_OF_PROFILE, None, eps, dx, dsigma)
+        if not cache_ok:
+            return Decision(False, CACHE_INVALID, None, eps, dx, dsigma)
+        if state.consecutive >= self.max_consecutive:
+            return Decision(False, MAX_REUSE, None, eps, dx, dsigma)
+        if eps <= 0:                               # S ≥ 0 is never < 0: no score needed
+            return Decision(False, ABOVE_EPS, None, eps, dx, dsigma)
+        if dx is None:                             # the host could not measure Δx (no comparable reference)
+            return Decision(False, CACHE_INVALID, None, eps, dx, dsigma)
         ax, at = state.alpha_ref
         score = ax * dx + at * dsigma
-        if not cache_ok:
-            return Decision(False, CACHE_INVALID, score, eps, dx, dsigma)
-        if state.consecutive >= self.max_consecutive:
-            return Decision(False, MAX_REUSE, score, eps, dx, dsigma)
         if score < eps:
             return Decision(True, REUSE, score, eps, dx, dsigma)
         return Decision(False, ABOVE_EPS, score, eps, dx, dsigma)

@@ -1,4 +1,4 @@
-"""Per-run record of every model evaluation and the summary numbers shown to the user."""
+"""Per-run record of every model evaluation (plain data; its presentation lives in nodes/plotting.py)."""
 from __future__ import annotations
 
 import time
@@ -55,22 +55,6 @@ class RunTrace:
             for c in s.reused_conds:
                 out.setdefault(c, [0, 0])[1] += 1
         return {k: (v[0], v[1]) for k, v in out.items()}
-
-    def summary_line(self) -> str:
-        n = len(self.steps)
-        parts = [f"computed {self.computed}/{n} model evaluations, reused {self.reused}"]
-        pc = self.per_cond()
-        if len({v for v in pc.values()}) > 1:
-            parts.append("per cond " + ", ".join(f"{k}: {c} computed/{r} reused" for k, (c, r) in sorted(pc.items())))
-        c = self.config
-        fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
-        parts.append(f"eps_start={fmt(c.get('eps_start'))}, eps_main={fmt(c.get('eps_main'))}, K={c.get('max_consecutive')}"
-                     + (f" (from target speed-up {c['budget']['target_speedup']}x)" if c.get("budget") else ""))
-        wall = self.wall_seconds if self.wall_seconds is not None else time.perf_counter() - self.started
-        parts.append(f"run {wall:.2f} s, model calls {self.model_seconds:.2f} s")
-        if self.interrupted:
-            parts.append("INTERRUPTED")
-        return "SenCache: " + "; ".join(parts)
 
     def to_dict(self) -> dict:
         return {"config": self.config, "steps": [asdict(s) for s in self.steps], "computed": self.computed,

@@ -20,6 +20,19 @@ def pytest_configure(config):
     torch.set_num_threads(1)
 
 
+def pytest_report_header(config):
+    from devkit import host as h
+    return f"ComfyUI host: {h.version_text()} at {h.comfyui_dir()}"
+
+
+def needs_host(version: tuple[int, ...], why: str):
+    """Mark a test that needs ComfyUI >= version (skipped with the reason on an older host)."""
+    from devkit import host as h
+    have = h.comfyui_version()
+    return pytest.mark.skipif(have < version, reason=f"needs ComfyUI >= {h.version_text(version)} ({why}); "
+                                                      f"this host is {h.version_text(have)}")
+
+
 @pytest.fixture(scope="session")
 def comfy_base(tmp_path_factory):
     return tmp_path_factory.mktemp("comfy_base")
@@ -54,8 +67,8 @@ def tiny(host, comfy_base):
 
 @pytest.fixture(scope="session")
 def sc(pack):
-    """The pack's modules as ComfyUI loaded them: sc.runtime, sc.apply, sc.calibrate, sc.profiles, sc.visualize, sc.learn, ...,
-    sc.core, sc.plotting."""
+    """The pack's modules as ComfyUI loaded them: sc.runtime, sc.apply, sc.calibrate, sc.profiles, sc.visualize, sc.learn,
+    ..., sc.core, sc.plotting (nodes.plotting)."""
     import importlib
     import types
     ns = types.SimpleNamespace()
@@ -63,7 +76,7 @@ def sc(pack):
         setattr(ns, name, importlib.import_module(f"{pack.__name__}.nodes.{name}"))
     ns.nodes = importlib.import_module(f"{pack.__name__}.nodes")
     ns.core = importlib.import_module(f"{pack.__name__}.sencache_core")
-    ns.plotting = importlib.import_module(f"{pack.__name__}.sencache_core.plotting")
+    ns.plotting = importlib.import_module(f"{pack.__name__}.nodes.plotting")
     return ns
 
 

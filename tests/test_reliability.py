@@ -161,11 +161,23 @@ def test_cfg_one_has_no_uncond_pass(sc, wan, conds, wan_profile):
     assert holder.last_trace.reused > 0 and set(holder.last_trace.per_cond()) == {"cond"}
 
 
-def test_context_windows_keep_state_per_window(sc, wan, conds, wan_profile):
+def _context_window_inputs() -> set:
     from comfy_extras.nodes_context_windows import WanContextWindowsManualNode
+    return {i.id for i in WanContextWindowsManualNode.define_schema().inputs}
+
+
+@pytest.mark.parametrize("freenoise", [None, False, True])
+def test_context_windows_keep_state_per_window(sc, wan, conds, wan_profile, freenoise):
+    """Core's context windows, with FreeNoise off and on where the node has that input (ComfyUI 0.17 and later
+    require it; None = the node has no such input, as on 0.3.75)."""
+    from comfy_extras.nodes_context_windows import WanContextWindowsManualNode
+    has_freenoise = "freenoise" in _context_window_inputs()
+    if (freenoise is None) == has_freenoise:
+        pytest.skip("this host's context-window node " + ("requires a freenoise input" if has_freenoise else "has no freenoise input"))
+    extra = {} if freenoise is None else {"freenoise": freenoise}
     lat = sampling.wan_latent(frames=9, h=8, w=8)
     cw = WanContextWindowsManualNode.execute(wan, context_length=17, context_overlap=8, context_schedule="standard_static",
-                                            context_stride=1, closed_loop=False, fuse_method="pyramid").args[0]
+                                            context_stride=1, closed_loop=False, fuse_method="pyramid", **extra).args[0]
     ref = sampling.sample(cw, *conds, lat, seed=1)
     m, holder = sc.apply.apply_sencache(cw, wan_profile, settings(sc, eps=0.0))
     assert torch.equal(sampling.sample(m, *conds, lat, seed=1), ref)

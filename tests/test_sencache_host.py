@@ -32,11 +32,17 @@ def recompute_rule(trace, profile, eps_start, eps_main, k, sigma_switch, final_s
             inside = lo - 0.05 * (hi - lo) <= sigma_ref <= hi + 0.05 * (hi - lo)
             if final or not inside:
                 expect = False
+            elif consecutive >= k:          # K decides: no score, and Δx is not even measured
+                assert s.reason == "max_consecutive" and s.score is None and s.dx is None
+                expect = False
+            elif eps <= 0:                  # S < 0 is impossible: no score needed
+                assert s.reason == "score_above_eps" and s.score is None
+                expect = False
             else:
                 score = np.interp(sigma_ref, profile.sigmas, profile.alpha_x) * s.dx + \
                     np.interp(sigma_ref, profile.sigmas, profile.alpha_t) * abs(s.sigma - sigma_ref)
                 assert s.score == pytest.approx(score, rel=1e-9)
-                expect = bool(score < eps and consecutive < k)
+                expect = bool(score < eps)
         assert s.reuse == expect, (s.index, s.sigma, s.reason)
         if s.reuse:
             consecutive += 1

@@ -132,15 +132,19 @@ def test_speedup_estimate_and_json_safety(m):
     assert img.shape[2] == 3
 
 
-def test_trace_event_sent_per_run_and_noop_without_server(m, wan, conds, profile, monkeypatch):
+def test_trace_event_sent_per_run_and_noop_without_server(host, m, wan, conds, profile, monkeypatch):
     ev = m.ui_events
-    assert any(f is ev.send_trace_event for f in m.runtime.DEFAULT_LISTENERS)
-    ev.register()
-    assert sum(f is ev.send_trace_event for f in m.runtime.DEFAULT_LISTENERS) == 1
+    # the SenCache node builds its holder with the UI publishers, explicitly (no global registry)
+    node = host.NODE_CLASS_MAPPINGS["SenCacheApply"]
+    patched = node.execute(model=wan, profile=profile, eps_main=0.5, eps_start=0.5, eps_switch_percent=0.2,
+                           max_consecutive_reuse=2, reuse_start_percent=0.0, reuse_end_percent=1.0,
+                           protect_final_step=True, use_high_percentile=False, reuse_mode="output").args[0]
+    assert m.runtime.find_holder(patched).publishers == list(ev.NODE_PUBLISHERS)
+    assert not hasattr(m.runtime, "DEFAULT_LISTENERS")
 
     settings = m.runtime.SenCacheSettings(eps_start=0.5, eps_main=0.5, max_consecutive=2)
-    model, holder = m.apply.apply_sencache(wan, profile, settings, node_id="12")
-    assert ev.send_trace_event in holder.listeners
+    model, holder = m.apply.apply_sencache(wan, profile, settings, node_id="12", publishers=ev.NODE_PUBLISHERS)
+    assert ev.send_trace_event in holder.publishers
     # library mode: no PromptServer instance -> nothing sent, sampling unaffected
     server_mod = sys.modules.get("server")
     if server_mod is not None and hasattr(server_mod, "PromptServer"):
@@ -185,3 +189,36 @@ def test_calibrator_shows_profile_plot(host, m, wan, conds):
     os.makedirs(ARTIFACTS, exist_ok=True)
     import shutil
     shutil.copy(path, os.path.join(ARTIFACTS, "calibrator_profile.png"))
+
+
+def test_clone_with_lora_patch_keeps_the_holder_and_publishes(host, m, wan, conds, profile, monkeypatch):
+    """Clones of the SenCache MODEL (LoRA-style weight patch, another clone after it) share the one holder: the run
+    reaches the Visualizer of the SenCache node's MODEL and the UI publisher. The holder is an attachment bound
+    into the wrappers, not a model_options entry, so a host's clone() semantics for model_options do not matter."""
+    import copy
+    got = []
+    settings = m.runtime.SenCacheSettings(eps_start=0.5, eps_main=0.5, max_consecutive=2)
+    model, holder = m.apply.apply_sencache(wan, profile, settings, node_id="3",
+                                           publishers=[lambda h, t: got.append((h, t)), *m.ui_events.NODE_PUBLISHERS])
+    assert m.runtime.KEY not in model.model_options.get("transformer_options", {})
+    lora = model.clone()
+    key = next(k for k in lora.model_state_dict() if k.endswith(".weight") and "blocks.0." in k)
+    w = lora.model_state_dict()[key]
+    lora.add_patches({key: (torch.full_like(w, 0.05),)}, 1.0)       # a "diff" patch, as LoRA loaders add
+    later = lora.clone()
+    later.model_options = copy.deepcopy(later.model_options)       # whatever a host's clone does to model_options
+    assert m.runtime.find_holder(later) is holder
+
+    sent = []
+    fake = types.ModuleType("server")
+    fake.PromptServer = type("PromptServer", (), {"instance": types.SimpleNamespace(
+        client_id=None, last_prompt_id="p", send_sync=lambda e, d, sid=None: sent.append((e, d)))})
+    monkeypatch.setitem(sys.modules, "server", fake)
+    out = sampling.sample(later, *conds, sampling.wan_latent(), seed=4, steps=6)
+    plain = sampling.sample(model, *conds, sampling.wan_latent(), seed=4, steps=6)
+    assert not torch.equal(out, plain)                  # the weight patch took effect
+    assert len(got) == 2 and got[0][0] is holder and len(sent) == 2 and sent[0][0] == "sencache.trace"
+    assert sent[0][1]["node_id"] == "3" and sent[0][1]["total"] == 6
+    # the Visualizer of the SenCache node's own MODEL shows the last run
+    vis = host.NODE_CLASS_MAPPINGS["SenCacheVisualizer"].execute(model=model, latent={"samples": plain})
+    assert vis.args[0].shape[0] == 1 and holder.last_trace is got[-1][1]

@@ -1,4 +1,5 @@
-"""Plots and summaries of a SenCache run and of a sensitivity profile (host-free: numpy + matplotlib only).
+"""Plots and summaries of a SenCache run and of a sensitivity profile: the presentation of the pack (host-free:
+numpy + matplotlib only; it lives with the nodes, outside the method in sencache_core).
 
 Everything here reads a finished `RunTrace` (and a `SensitivityProfile`); nothing touches the model.
 Matplotlib is imported lazily and only through its object API with the Agg canvas (no pyplot, no global
@@ -17,7 +18,7 @@ from collections import Counter
 
 import numpy as np
 
-from .trace import RunTrace
+from ..sencache_core.trace import RunTrace
 
 COMPUTED_COLOR = "#3465a4"   # blue: the model ran
 REUSED_COLOR = "#4e9a06"     # green: the cached output was reused (the web strip uses the same colours)
@@ -57,9 +58,31 @@ def compact(trace: RunTrace, node_id=None) -> dict:
         "wall_seconds": _finite(trace.wall_seconds), "model_seconds": _finite(trace.model_seconds),
         "interrupted": bool(trace.interrupted),
         "status": (trace.config or {}).get("profile_status"),
+        "settings": {k: _finite(trace.config.get(k)) if k != "max_consecutive" else trace.config.get(k)
+                     for k in ("eps_start", "eps_main", "max_consecutive")},
         "steps": [{"sigma": _finite(s.sigma), "reuse": bool(s.reuse), "S": _finite(s.score), "eps": _finite(s.eps),
                    "reason": s.reason} for s in trace.steps],
     }
+
+
+def summary_line(trace: RunTrace) -> str:
+    """One log line for a finished run."""
+    n = len(trace.steps)
+    parts = [f"computed {trace.computed}/{n} model evaluations, reused {trace.reused}"]
+    pc = trace.per_cond()
+    if len({v for v in pc.values()}) > 1:
+        parts.append("per cond " + ", ".join(f"{k}: {c} computed/{r} reused" for k, (c, r) in sorted(pc.items())))
+    c = trace.config
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
+    parts.append(f"eps_start={fmt(c.get('eps_start'))}, eps_main={fmt(c.get('eps_main'))}, K={c.get('max_consecutive')}"
+                 + (f" (from target speed-up {c['budget']['target_speedup']}x)" if c.get("budget") else ""))
+    if c.get("no_reuse_reason"):
+        parts.append(f"no reuse possible: {c['no_reuse_reason']}")
+    wall = trace.wall_seconds if trace.wall_seconds is not None else 0.0
+    parts.append(f"run {wall:.2f} s, model calls {trace.model_seconds:.2f} s")
+    if trace.interrupted:
+        parts.append("INTERRUPTED")
+    return "SenCache: " + "; ".join(parts)
 
 
 def summary(trace: RunTrace, profile=None, node_id=None) -> str:
