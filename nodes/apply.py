@@ -34,10 +34,11 @@ def check_profile(profile, facts: dict) -> list[str]:
 
 
 def apply_sencache(model, profile, settings: SenCacheSettings, node_id: str | None = None, publishers=(),
-                   run_class=None, learning_runs: int = 1):
+                   run_class=None, learning_runs: int = 1, learn_estimator: str = "trajectory"):
     """The model with SenCache attached, and its holder. publishers / run_class: SenCacheHolder's extension points.
     profile None = learn mode: the profile is learned from this model's own runs and stored in models/sencache/learned
-    (nodes/learn.py); the first `learning_runs` runs of a model, latent shape and sampler family compute every step."""
+    (nodes/learn.py); the first `learning_runs` runs of a model, latent shape and sampler family compute every step
+    and measure the profile (`learn_estimator`: nodes.learn.ESTIMATORS)."""
     for name in ("eps_start", "eps_main"):
         v = getattr(settings, name)
         if not (v >= 0):
@@ -53,7 +54,7 @@ def apply_sencache(model, profile, settings: SenCacheSettings, node_id: str | No
     if profile is None:
         if run_class is not None:
             raise ValueError("learn mode (no profile) makes its own runs; run_class needs a profile")
-        learner = ProfileLearner(facts, learning_runs)
+        learner = ProfileLearner(facts, learning_runs, learn_estimator)
         publishers, run_class, run_setup = (learner.publish, *publishers), learner.make_run, learner.begin_run
     else:
         for w in check_profile(profile, facts):

@@ -19,14 +19,20 @@ import os
 
 import torch
 
-from ..sencache_core import ProfileError, RunTrace, SensitivityProfile, StepRecord
+from ..sencache_core import ProfileError, RunTrace, SensitivityProfile, StepRecord, TrajectoryCalibrator, aggregate_runs
 from ..sencache_core import learn as L
 from . import profiles
+from .calibrate import CAL_KEY, CalibrationHolder
+from .calibrate import _diffusion as calibrate_call
 from .runtime import RunState, as_parts
 
 log = logging.getLogger("SenCache")
 SUBFOLDER = "learned"
 LEARNING = "learning"      # the decision reason recorded for every evaluation of a learning run
+# How a learning run measures: "trajectory" = the Sensitivity Calibrator's on-trajectory estimator (one extra
+# evaluation per step, its output discarded); "free" = sencache_core.learn.fit_profile on the pairs of computed
+# evaluations, no extra evaluation (it predicts the output change well but ranks the steps worse: bench.learned).
+ESTIMATORS = ("trajectory", "free")
 PATCH_SAMPLE = 64          # values sampled from each patch tensor for the patch digest (never a pass over weights)
 
 
@@ -123,22 +129,27 @@ class ProfileLearner:
     run_setup = `begin_run` (choose this run's profile), run_class = `make_run` (a LearningRun or a plain RunState),
     the first publisher = `publish` (fit and save after a learning run)."""
 
-    def __init__(self, facts: dict, learning_runs: int = 1, max_gap: int = L.DEFAULT_MAX_GAP):
+    def __init__(self, facts: dict, learning_runs: int = 1, estimator: str = "trajectory",
+                 max_gap: int = L.DEFAULT_MAX_GAP):
         if learning_runs < 1:
             raise ValueError(f"learning_runs must be ≥ 1 (got {learning_runs})")
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS} (got {estimator!r})")
         self.facts = facts
         self.learning_runs = int(learning_runs)
+        self.estimator = estimator
         self.max_gap = max_gap
-        self.recorders: dict | None = None     # window key -> PairRecorder, during a learning run only
+        self.recorders: dict | None = None     # "free": window key -> PairRecorder, during a learning run only
+        self.calibration: CalibrationHolder | None = None   # "trajectory": the Calibrator's state, likewise
         self.key: dict | None = None
-        self.previous: list[L.Observation] = []
+        self.previous: list = []               # what the stored profile of this key already holds
         self.run_number = 0
         self.meta: dict = {}
         self.status = "no run yet"
 
     @property
     def learning(self) -> bool:
-        return self.recorders is not None
+        return self.recorders is not None or self.calibration is not None
 
     # -- extension points ---------------------------------------------------------------------------------------
     def begin_run(self, holder, guider, args) -> None:
@@ -148,6 +159,8 @@ class ProfileLearner:
         profile = self.profile_for_run(patcher, tuple(noise.shape[1:]), sampler, getattr(guider, "cfg", None))
         if profile is not None:
             holder.profile = profile
+        elif self.calibration is not None:
+            self.calibration.model_sampling = patcher.model.model_sampling
 
     def make_run(self, holder, model_sampling, sample_sigmas):
         """run_class: what begin_run chose."""
@@ -169,9 +182,9 @@ class ProfileLearner:
     # -- the steps ----------------------------------------------------------------------------------------------
     def profile_for_run(self, model_patcher, latent_shape, sampler, cfg: float | None = None) -> SensitivityProfile | None:
         """The stored learned profile for this run, or None: then this is a learning run (compute every evaluation)."""
-        self.recorders = None
+        self.recorders = self.calibration = None
         key = L.learned_key(self.facts["fingerprint"], patches_digest(model_patcher), latent_shape,
-                            L.sampler_family(sampler_name(sampler)))
+                            L.sampler_family(sampler_name(sampler)), self.estimator)
         try:
             found, changed = find(key)
         except OSError as e:                  # an unreadable folder: learn (nothing is lost but the reuse)
@@ -188,7 +201,8 @@ class ProfileLearner:
         self.previous = []
         if found:
             try:
-                self.previous = L.stored_observations(found[1])
+                self.previous = (L.stored_runs(found[1]) if self.estimator == "trajectory"
+                                 else L.stored_observations(found[1]))
             except ProfileError as e:
                 log.warning("SenCache: %s: %s; learning from this run only", found[0], e)
                 runs = 0
@@ -197,10 +211,15 @@ class ProfileLearner:
         self.meta = {"key": key, "fingerprint": self.facts["fingerprint"], "model_class": self.facts["model_class"],
                      "latent_channels": self.facts["latent_channels"], "latent_shape": key["latent_shape"],
                      "sampler_family": key["sampler_family"], "sampler": sampler_name(sampler), "cfg": cfg,
-                     "branch": "cond"}
-        self.recorders = {}
+                     "branch": "cond", "source": L.SOURCE}
+        if self.estimator == "trajectory":
+            self.calibration = CalibrationHolder(self.facts["latent_channels"])
+            self.calibration.current = TrajectoryCalibrator()
+        else:
+            self.recorders = {}
         self.status = f"learning the profile (run {self.run_number} of {self.learning_runs})"
-        log.info("SenCache: no profile connected: %s; every step is computed", self.status)
+        log.info("SenCache: no profile connected: %s; every step is computed%s", self.status,
+                 ", with one extra evaluation per step to measure the sensitivities" if self.calibration else "")
         return None
 
     def observe(self, sigma: float, x: torch.Tensor, out: torch.Tensor, names: list, window=None) -> None:
@@ -219,20 +238,28 @@ class ProfileLearner:
         rec.record(x[rows, :ch], sigma, out[rows, :ch])
 
     def finish_learning(self, interrupted: bool) -> SensitivityProfile | None:
-        """End of a learning run: fit on the stored and the new observations and save. Returns the profile."""
-        recs, self.recorders = self.recorders, None
-        if recs is None:
+        """End of a learning run: fit on the stored and the new measurements and save. Returns the profile."""
+        recs, cal = self.recorders, self.calibration
+        self.recorders = self.calibration = None
+        if cal is not None:
+            new = cal.current.finish()
+        elif recs is not None:
+            new = [o for r in recs.values() for o in r.finish()]
+        else:
             return None
-        new = [o for r in recs.values() for o in r.finish()]
         if interrupted or not new:
             log.warning("SenCache: learning run %s; nothing saved", "interrupted" if interrupted else
-                        "gave no pairs of computed evaluations")
+                        "measured nothing (fewer than two evaluations at different σ)")
             self.status = "learning run " + ("interrupted" if interrupted else "gave nothing to learn")
             return None
-        obs = self.previous + new
-        meta = dict(self.meta, runs=self.run_number, observations=L.observations_to_json(obs))
         try:
-            prof = L.fit_profile(obs, meta)
+            if cal is not None:
+                runs = self.previous + [new]
+                prof = aggregate_runs(runs, dict(self.meta, calibration_runs=L.samples_to_json(runs)))
+            else:
+                obs = self.previous + new
+                prof = L.fit_profile(obs, dict(self.meta, runs=self.run_number,
+                                               observations=L.observations_to_json(obs)))
             name = save(prof, self.facts["model_class"])
         except (ProfileError, OSError) as e:
             log.warning("SenCache: could not learn or save the profile: %s", e)
@@ -284,10 +311,15 @@ class LearningRun(RunState):
             cur = self._current[wkey] = (self.eval_id, record, set())
         cur[2].update(keys)
         clock = self._clock_start(x0)
-        out = executor(*args, **kwargs)
+        if self.learner.calibration is not None:      # the Calibrator's own measurement of this call
+            to[CAL_KEY] = self.learner.calibration       # (this call's transformer_options, a per-call copy)
+            out = calibrate_call(executor, *args, **kwargs)
+        else:
+            out = executor(*args, **kwargs)
         self._clock_stop(cur[1], clock)
         cur[1].computed_conds.extend(names)
-        self.learner.observe(sigma, x0, as_parts(out)[0][0], names, wkey)
+        if self.learner.recorders is not None:
+            self.learner.observe(sigma, x0, as_parts(out)[0][0], names, wkey)
         return out
 
     def free(self) -> None:

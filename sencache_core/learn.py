@@ -50,6 +50,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .calibration import Sample
 from .profile import ProfileError, SensitivityProfile
 
 SOURCE = "learned"
@@ -244,6 +245,38 @@ def stored_observations(profile: SensitivityProfile) -> list[Observation]:
     return observations_from_json(profile.metadata.get("observations", []))
 
 
+# ---- on-trajectory calibration samples in a profile's metadata (the learning run with one extra pass) -----------
+def samples_to_json(runs: list[list[Sample]]) -> list[list[list[float]]]:
+    """Per run, its calibration samples (sencache_core.calibration.Sample) as [σ, α_x, α_t, dx_per_sigma]."""
+    return [[[float(f"{v:.9g}") for v in (s.sigma, s.alpha_x, s.alpha_t, s.dx_per_sigma)] for s in run] for run in runs]
+
+
+def samples_from_json(rows) -> list[list[Sample]]:
+    if not isinstance(rows, list):
+        raise ProfileError("learned profile: 'calibration_runs' is not a list")
+    runs = []
+    for run in rows:
+        if not isinstance(run, list):
+            raise ProfileError("learned profile: a calibration run is not a list")
+        out = []
+        for r in run:
+            if not (isinstance(r, (list, tuple)) and len(r) == 4):
+                raise ProfileError(f"learned profile: malformed calibration sample {r!r}")
+            try:
+                v = [float(x) for x in r]
+            except (TypeError, ValueError) as e:
+                raise ProfileError(f"learned profile: malformed calibration sample {r!r}: {e}") from e
+            if not all(math.isfinite(x) for x in v):
+                raise ProfileError(f"learned profile: non-finite calibration sample {r!r}")
+            out.append(Sample(*v))
+        runs.append(out)
+    return runs
+
+
+def stored_runs(profile: SensitivityProfile) -> list[list[Sample]]:
+    return samples_from_json(profile.metadata.get("calibration_runs", []))
+
+
 # ---- keys ---------------------------------------------------------------------------------------------------
 def sampler_family(sampler_name: str | None) -> str:
     """'ode' for deterministic samplers (one family: module docstring), the sampler's own name for samplers that add
@@ -257,11 +290,11 @@ def sampler_family(sampler_name: str | None) -> str:
     return "ode"
 
 
-def learned_key(fingerprint: dict, patches: str, latent_shape, family: str) -> dict:
+def learned_key(fingerprint: dict, patches: str, latent_shape, family: str, estimator: str = "trajectory") -> dict:
     """What a stored learned profile must match to be used. `patches` digests the weight patches (LoRA) on top of
-    the fingerprinted weights ('' for none)."""
+    the fingerprinted weights ('' for none); `estimator` is how it was learned (nodes/learn.py ESTIMATORS)."""
     return {"arch": str(fingerprint.get("arch")), "weights": str(fingerprint.get("weights")), "patches": str(patches),
-            "latent_shape": [int(v) for v in latent_shape], "sampler_family": str(family)}
+            "latent_shape": [int(v) for v in latent_shape], "sampler_family": str(family), "estimator": str(estimator)}
 
 
 def key_id(key: dict) -> str:
@@ -269,11 +302,11 @@ def key_id(key: dict) -> str:
 
 
 def compare_keys(stored: dict | None, key: dict) -> str:
-    """'match'; 'model_changed' (same architecture, latent shape and sampler family, other weights or patches:
-    the profile no longer matches the model); or 'other' (another model, shape or sampler family)."""
+    """'match'; 'model_changed' (same architecture, latent shape, sampler family and estimator, other weights or
+    patches: the profile no longer matches the model); or 'other' (another model, shape, family or estimator)."""
     if not isinstance(stored, dict):
         return "other"
-    same_place = all(stored.get(k) == key[k] for k in ("arch", "latent_shape", "sampler_family"))
+    same_place = all(stored.get(k) == key[k] for k in ("arch", "latent_shape", "sampler_family", "estimator"))
     if not same_place:
         return "other"
     return "match" if all(stored.get(k) == key[k] for k in ("weights", "patches")) else "model_changed"

@@ -5,6 +5,7 @@ import logging
 import os
 import pathlib
 
+import numpy as np
 import pytest
 import torch
 
@@ -36,8 +37,9 @@ def learned_files(store):
     return sorted(p.name for p in store.glob("*.safetensors"))
 
 
-def run(sc, model, conds, seed=3, latent=None, learning_runs=1, sampler="euler", **kw):
-    m, holder = sc.apply.apply_sencache(model, None, settings(sc, **kw), node_id="7", learning_runs=learning_runs)
+def run(sc, model, conds, seed=3, latent=None, learning_runs=1, sampler="euler", estimator="trajectory", **kw):
+    m, holder = sc.apply.apply_sencache(model, None, settings(sc, **kw), node_id="7", learning_runs=learning_runs,
+                                        learn_estimator=estimator)
     out = sampling.sample(m, *conds, latent if latent is not None else sampling.wan_latent(**LATENT), seed=seed,
                           sampler_name=sampler)
     return out, holder
@@ -58,9 +60,10 @@ def test_learning_run_is_the_uncached_result_and_stores_the_profile(sc, wan, con
     assert meta["source"] == "learned" and meta["runs"] == 1 and meta["sampler_family"] == "ode"
     assert meta["key"]["latent_shape"] == [16, 3, 8, 8] and meta["key"]["patches"] == ""
     assert meta["fingerprint"] == sc.model_info.model_facts(wan)["fingerprint"]
-    # 8 steps, pairs up to 4 apart from the 8 computed evaluations: 4·(8 − 4) + (3 + 2 + 1) = 22 (none from the last)
-    assert meta["estimator"]["pairs"] == len(meta["observations"]) == 22
+    # the Calibrator's on-trajectory estimator: one sample per evaluation after the first, at the σ before it
+    assert len(meta["calibration_runs"]) == 1 and len(meta["calibration_runs"][0]) == 7
     assert prof.sigma_range[1] == pytest.approx(1.0) and prof.sigmas.size == 7
+    assert meta["key"]["estimator"] == "trajectory"
     assert (prof.alpha_x + prof.alpha_t > 0).all()
     assert holder.profile is not None and holder.profile.metadata["name"] == f"learned/{files[0]}"
     # the compact trace (UI event, node strip) and the Visualizer's summary say what happened
@@ -106,7 +109,7 @@ def test_learning_runs_merge_before_reuse(sc, wan, conds, store):
     assert {s.reason for s in h2.last_trace.steps} == {"learning"}
     (name,) = learned_files(store)
     prof = sc.core.SensitivityProfile.load(store / name)
-    assert prof.metadata["runs"] == 2 and len(prof.metadata["observations"]) == 2 * 22
+    assert prof.metadata["runs"] == 2 and [len(r) for r in prof.metadata["calibration_runs"]] == [7, 7]
     _, h3 = run(sc, wan, conds, seed=3, learning_runs=2, target_speedup=2.0)
     assert h3.last_trace.config["profile_status"] == f"using learned profile learned/{name}"
     assert h3.last_trace.reused > 0
@@ -180,6 +183,43 @@ def test_interrupted_or_unreadable_learning_saves_nothing_and_never_breaks(sc, w
         _, h = run(sc, wan, conds)
     assert "skipping learned profile broken.safetensors" in caplog.text
     assert h.last_trace.config["profile_status"].startswith("learned profile")
+
+
+def test_learned_profile_equals_the_calibrators_of_the_same_run(sc, wan, conds, store):
+    """The learning run measures exactly what the Sensitivity Calibrator measures on the same sampling run."""
+    _, holder = run(sc, wan, conds, seed=5)
+    lat = {"samples": sampling.wan_latent(**LATENT)}
+    with torch.inference_mode():
+        _, cal = sc.calibrate.calibrate(wan, *conds, lat, 5, 8, 5.0, "euler", "simple", 1)
+    learned = holder.profile
+    for name in ("sigmas", "alpha_x", "alpha_t", "dx_per_sigma"):
+        np.testing.assert_allclose(getattr(learned, name), getattr(cal, name), rtol=1e-6, err_msg=name)
+
+
+def test_free_estimator_learns_without_an_extra_evaluation(sc, wan, conds, store):
+    calls = {"n": 0}
+    module = wan.model.diffusion_model
+    original = module.forward
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        return original(*a, **k)
+    module.forward = counting
+    try:
+        ref = sampling.sample(wan, *conds, sampling.wan_latent(**LATENT), seed=3)
+        plain = calls["n"]
+        out, holder = run(sc, wan, conds, estimator="free")
+        assert calls["n"] - plain == plain            # the same model calls as the uncached run
+    finally:
+        module.forward = original
+    assert torch.equal(out, ref)
+    meta = holder.profile.metadata
+    assert meta["key"]["estimator"] == "free" and meta["source"] == "learned"
+    # 8 steps, pairs up to 4 apart from the 8 computed evaluations: 4·(8 − 4) + (3 + 2 + 1) = 22
+    assert meta["estimator"]["pairs"] == len(meta["observations"]) == 22
+    # a trajectory-learned profile of the same model is another key: both coexist
+    run(sc, wan, conds)
+    assert len(learned_files(store)) == 2
 
 
 def test_node_schema_learn_mode(host):
