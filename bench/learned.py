@@ -7,7 +7,10 @@ Per configuration (bench.quality.CONFIGS), through the real ComfyUI sampler and 
 - Calibrator profile: the Sensitivity Calibrator (nodes.calibrate.calibrate, one extra evaluation per step) on the
   calibration samples, one run each, merged: what bench.quality uses.
 - Learned profile, 1 run: the SenCache node with no profile (learn mode) sampling calibration sample 0 once; the
-  profile it stores. Learned, R runs: learning_runs = R, calibration samples 0..R-1 (same samples as the Calibrator).
+  profile it stores; with each learn-mode estimator (--estimators): "trajectory" (the node's: the Calibrator's
+  on-trajectory estimator, one extra evaluation per step in the learning run) and "free" (no extra evaluation:
+  sencache_core.learn.fit_profile on the pairs of computed evaluations). Learned, R runs (--learning-runs R):
+  calibration samples 0..R-1.
 - Test samples (bench.quality.test_samples, disjoint from calibration): the uncached reference, then each profile at
   budgets of 1/2, 1/3, 1/4 of N evaluations, ε_main searched per sample until the run computes exactly the budget
   (bench.quality.match_budgets), ε_start = 0.2·ε_main, K as the node's budget mode chooses it, the node's default
@@ -45,8 +48,9 @@ CALIBRATED = "SenCache, Calibrator profile"
 MODE = "output_extrapolated"      # the node's default reuse mode
 
 
-def learned_name(runs: int) -> str:
-    return f"SenCache, learned profile ({runs} run{'s' if runs > 1 else ''})"
+def learned_name(runs: int, estimator: str) -> str:
+    how = "one extra pass per step" if estimator == "trajectory" else "no extra pass"
+    return f"SenCache, learned profile ({runs} run{'s' if runs > 1 else ''}, {how})"
 
 
 class LearnBench(Q.Bench):
@@ -72,16 +76,23 @@ class LearnBench(Q.Bench):
             profs.append(prof)
         return self.sc.core.merge_profiles(profs) if len(profs) > 1 else profs[0]
 
-    def learned_profile(self, cal, runs: int, start: int = 0):
+    def learned_profile(self, cal, runs: int, estimator: str, start: int = 0):
         """Learn mode as a user runs it: the SenCache node without a profile, `runs` ordinary samplings; learning
-        continues from what the store already holds for this key (runs before `start`)."""
+        continues from what the store already holds for this key (runs before `start`). Returns (profile, model
+        evaluations the learning runs made, extra ones included)."""
         st = self.sc.runtime.SenCacheSettings(eps_start=0.02, eps_main=0.1, max_consecutive=3, reuse_mode=MODE)
-        m, holder = self.sc.apply.apply_sencache(self.model, None, st, learning_runs=runs)
-        for text, seed in cal[start:runs]:
-            r = self.run(m, text, seed)
-            assert r.evaluations == self.N, "a learning run computes every step"
-            assert all(s.reason == "learning" for s in holder.last_trace.steps)
-        return holder.profile
+        m, holder = self.sc.apply.apply_sencache(self.model, None, st, learning_runs=runs, learn_estimator=estimator)
+        evals = 0
+        self.counter.memo_on = False          # count what the learning runs really evaluate
+        try:
+            for text, seed in cal[start:runs]:
+                r = self.run(m, text, seed)
+                evals += r.evaluations
+                assert all(s.reason == "learning" for s in holder.last_trace.steps)
+                assert holder.last_trace.computed == self.N
+        finally:
+            self.counter.memo_on = True
+        return holder.profile, evals
 
 
 def along_trajectory(profile, ref_profile) -> float:
@@ -107,21 +118,20 @@ def run_config(name, args, sc, info):
     cost = {CALIBRATED: {"seconds": round(time.perf_counter() - tc, 1), "runs": args.calibration_samples,
                          "model_evaluations": (2 * N - 1) * args.calibration_samples,
                          "extra_evaluations": (N - 1) * args.calibration_samples}}
-    tl = time.perf_counter()
-    b.profiles[learned_name(1)] = b.learned_profile(cal, 1)
-    cost[learned_name(1)] = {"seconds": round(time.perf_counter() - tl, 1), "model_evaluations": N, "runs": 1,
-                             "extra_evaluations": 0}
-    if args.learning_runs > 1:
-        tl = time.perf_counter()
-        b.profiles[learned_name(args.learning_runs)] = b.learned_profile(cal, args.learning_runs, start=1)
-        cost[learned_name(args.learning_runs)] = {"seconds": round(time.perf_counter() - tl, 1) + cost[learned_name(1)]["seconds"],
-                                                  "model_evaluations": N * args.learning_runs,
-                                                  "runs": args.learning_runs, "extra_evaluations": 0}
+    for est in args.estimators:
+        prev = {"seconds": 0.0, "model_evaluations": 0}
+        for runs in sorted({1, args.learning_runs}):      # R runs continue the stored 1-run profile (samples 1..R-1)
+            tl = time.perf_counter()
+            name_l = learned_name(runs, est)
+            b.profiles[name_l], ev = b.learned_profile(cal, runs, est, start=0 if runs == 1 else 1)
+            ev += prev["model_evaluations"]
+            cost[name_l] = prev = {"seconds": round(time.perf_counter() - tl + prev["seconds"], 1), "runs": runs,
+                                   "model_evaluations": ev, "extra_evaluations": ev - N * runs}
     learn_core = importlib.import_module(f"{sc.pack.__name__}.sencache_core.learn")
     for ridge in args.ridges:          # estimator variants, refitted on the 1-run profile's own observations
-        base = b.profiles[learned_name(1)]
+        base = b.profiles[learned_name(1, "free")]
         obs = learn_core.stored_observations(base)
-        b.profiles[f"{learned_name(1)}, ridge {ridge:g}"] = learn_core.fit_profile(
+        b.profiles[f"{learned_name(1, 'free')}, ridge {ridge:g}"] = learn_core.fit_profile(
             obs, {k: v for k, v in base.metadata.items() if k not in ("source", "estimator")}, ridge=ridge)
     b.counter.clear_memo()
     methods = list(b.profiles)
@@ -204,7 +214,8 @@ def main(argv=None):
     ap.add_argument("--config", default="wan_template", help="names from bench.quality.CONFIGS, comma-separated")
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--calibration-samples", type=int, default=4)
-    ap.add_argument("--learning-runs", type=int, default=4, help="the larger learned profile's runs (1 is always made)")
+    ap.add_argument("--learning-runs", type=int, default=1, help="also a learned profile of this many runs (1 is always made)")
+    ap.add_argument("--estimators", nargs="+", default=["trajectory", "free"], help="learn mode estimators (nodes.learn.ESTIMATORS)")
     ap.add_argument("--ridges", type=float, nargs="*", default=[],
                     help="extra rows: the 1-run profile refitted with these ridge values (estimator variants)")
     ap.add_argument("--weights", default=str(C.WEIGHTS))
