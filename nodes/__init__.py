@@ -26,9 +26,10 @@ class SenCache(io.ComfyNode):
                 io.Model.Input("model", tooltip="The diffusion model (Wan 2.1/2.2, LTX-Video, CogVideoX, ...)."),
                 Profile.Input("profile", optional=True,
                               tooltip="Sensitivity profile of this model: from Load Profile or the Sensitivity Calibrator. "
-                                      "Leave it unconnected to learn the profile from your own runs: the first run(s) of a "
-                                      "model, latent size and sampler family compute every step and store what they measured "
-                                      "in models/sencache/learned; later runs find it and reuse evaluations."),
+                                      "Leave it unconnected to learn the profile from your own runs: the first run of a "
+                                      "model, latent size and sampler family computes every step (the uncached result) plus one "
+                                      "extra evaluation per step to measure the sensitivities, and stores the profile in "
+                                      "models/sencache/learned; later runs find it and reuse evaluations."),
                 io.Float.Input("eps_main", default=0.1, min=0.0, max=10.0, step=0.005,
                                tooltip="Reuse threshold ε after the early phase: the predicted RMS change per element of the "
                                        "model output (the model's own output units, e.g. velocity for Wan/LTXV). Higher = faster, "
@@ -60,7 +61,8 @@ class SenCache(io.ComfyNode):
                                        "count; without CFG, with output_extrapolated, at least 6 from about 3x on. 0 = use the inputs as given."),
                 io.Int.Input("learning_runs", default=1, min=1, max=16, optional=True,
                              tooltip="Only without a profile connected: how many runs (count) of a model, latent size and "
-                                     "sampler family compute every step to learn the profile before runs reuse evaluations. "
+                                     "sampler family learn the profile (each computes every step plus one extra evaluation "
+                                     "per step) before runs reuse evaluations; more runs average over more prompts and seeds. "
                                      "A changed model (other weights, a LoRA) is noticed and learned again."),
             ],
             outputs=[io.Model.Output(tooltip="The model with SenCache attached (connect it to a KSampler).")],

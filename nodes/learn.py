@@ -1,14 +1,18 @@
 """Learn mode of the SenCache node: no profile connected, so the profile is learned from the user's own runs.
 
-Per sampling run (`ProfileLearner.profile_for_run`, asked once when the run starts):
+Per sampling run (`ProfileLearner.begin_run`, once when the run starts):
 - the key is made: model fingerprint + a digest of the weight patches (LoRA) of the model being sampled, the latent
-  shape of one sample and the sampler family (sencache_core.learn);
+  shape of one sample, the sampler family and the estimator (sencache_core.learn);
 - a learned profile with that key in models/sencache/learned/ that has `learning_runs` runs is used;
-- otherwise this run is a learning run: every evaluation is computed (the uncached result, bit for bit) and the pairs
-  of computed evaluations are recorded (`observe`); when the run finishes (`publish`) the profile is fitted on the
-  stored and the new observations and saved under the key. A stored profile of the same architecture, latent shape and
-  sampler family whose weights or patches differ is a changed model: logged, and a new profile is learned under the
-  new key (the old file stays, for when the model changes back).
+- otherwise this run is a learning run (`LearningRun`): every evaluation is computed and returned as is (the uncached
+  result, bit for bit) and the sensitivities are measured on the way. The default estimator is the Sensitivity
+  Calibrator's own on-trajectory one (nodes/calibrate.py: one extra evaluation per step, of σ_prev at the new
+  latent, its output discarded), so a learning run costs up to twice a plain run. The "free" estimator uses no
+  extra evaluation (sencache_core.learn.fit_profile on the pairs of computed evaluations); measured on the demo
+  model it ranks the steps worse (results/learned), so it is not the node's. When the run finishes (`publish`) the
+  profile is made from the stored and the new measurements and saved under the key. A stored profile of the same
+  architecture, latent shape, sampler family and estimator whose weights or patches differ is a changed model:
+  logged, and a new profile is learned under the new key (the old file stays, for when the model changes back).
 """
 from __future__ import annotations
 

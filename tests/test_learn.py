@@ -71,6 +71,18 @@ def test_learning_run_is_the_uncached_result_and_stores_the_profile(sc, wan, con
     assert "Profile: learned profile learned/" in sc.plotting.summary(t, holder.profile, "7")
 
 
+def test_visualizer_shows_the_learning_run_and_the_learned_profile(sc, wan, conds, store):
+    m, holder = sc.apply.apply_sencache(wan, None, settings(sc), node_id="9")
+    sampling.sample(m, *conds, sampling.wan_latent(**LATENT), seed=3)
+    image, text, trace = sc.visualize.visualize(m)
+    assert image.shape[0] == 1 and image.shape[-1] == 3 and float(image.std()) > 0
+    assert "computed 8/8" in text and "Profile: learned profile learned/" in text
+    assert trace["status"].startswith("learned profile learned/") and trace["reused"] == 0
+    sampling.sample(m, *conds, sampling.wan_latent(**LATENT), seed=4)       # the same node's next run
+    _, text, trace = sc.visualize.visualize(m)
+    assert "Profile: using learned profile learned/" in text and trace["status"].startswith("using learned profile")
+
+
 def test_later_runs_find_the_profile_and_reuse(sc, wan, conds, store, caplog):
     run(sc, wan, conds, seed=3)
     (name,) = learned_files(store)
