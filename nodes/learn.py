@@ -159,16 +159,21 @@ class ProfileLearner:
     def begin_run(self, holder, guider, args) -> None:
         """run_setup: the stored profile for this run (then holder.profile), or a learning run."""
         patcher = getattr(guider, "model_patcher", None)
-        noise, sampler = args[0], args[2]
-        profile = self.profile_for_run(patcher, tuple(noise.shape[1:]), sampler, getattr(guider, "cfg", None))
+        try:
+            profile = self.profile_for_run(patcher, tuple(args[0].shape[1:]), args[2], getattr(guider, "cfg", None))
+        except Exception as e:  # learn mode must never break a render: this run computes every step, learns nothing
+            log.warning("SenCache: learn mode cannot handle this run (%s); computing every step", e)
+            self.recorders = self.calibration = None
+            self.status = f"not learning this run ({type(e).__name__})"
+            return
         if profile is not None:
             holder.profile = profile
         elif self.calibration is not None:
             self.calibration.model_sampling = patcher.model.model_sampling
 
     def make_run(self, holder, model_sampling, sample_sigmas):
-        """run_class: what begin_run chose."""
-        if self.learning:
+        """run_class: what begin_run chose (a run that computes every step whenever there is no profile)."""
+        if self.learning or holder.profile is None:
             return LearningRun(holder, self, sample_sigmas)
         return RunState(holder, model_sampling, sample_sigmas)
 
@@ -200,7 +205,8 @@ class ProfileLearner:
             log.info("SenCache: %s (%d learning run%s)", self.status, runs, "" if runs == 1 else "s")
             return found[1]
         if changed and not found:
-            log.warning("SenCache: the stored learned profile %s no longer matches this model (%s); learning a new one",
+            log.warning("SenCache: the stored learned profile %s of this architecture, latent size and sampler family "
+                        "no longer matches this model (%s): the model changed or is another one; learning its own",
                         ", ".join(changed), _what_changed(changed, key))
         self.previous = []
         if found:

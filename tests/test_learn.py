@@ -140,8 +140,8 @@ def test_a_lora_patch_is_noticed_and_relearned(sc, wan, conds, store, caplog):
     lora.add_patches({f"diffusion_model.{key}": ("diff", (torch.full_like(w[key], 0.01),))}, 1.0)
     with caplog.at_level(logging.INFO, logger="SenCache"):
         _, h = run(sc, lora, conds)
-    assert f"stored learned profile learned/{base} no longer matches this model (other LoRA / weight patches)" \
-        in caplog.text
+    assert f"stored learned profile learned/{base} of this architecture, latent size and sampler family no longer " \
+        "matches this model (other LoRA / weight patches)" in caplog.text
     assert {s.reason for s in h.last_trace.steps} == {"learning"}
     files = learned_files(store)
     assert len(files) == 2 and base in files
@@ -238,3 +238,15 @@ def test_node_schema_learn_mode(host):
     info = host.NODE_CLASS_MAPPINGS["SenCacheApply"].INPUT_TYPES()
     assert "profile" in info["optional"] and "learning_runs" in info["optional"]
     assert info["optional"]["learning_runs"][1]["default"] == 1
+
+
+def test_a_run_learn_mode_cannot_key_computes_every_step(sc, wan, caplog):
+    """begin_run never raises: a run it cannot key (here: no noise tensor) learns nothing and computes every step."""
+    facts = sc.model_info.model_facts(wan)
+    learner = sc.learn.ProfileLearner(facts)
+    holder = sc.runtime.SenCacheHolder(None, settings(sc), facts["latent_channels"], run_class=learner.make_run)
+    with caplog.at_level(logging.WARNING, logger="SenCache"):
+        learner.begin_run(holder, object(), (None, None, None))
+    assert "learn mode cannot handle this run" in caplog.text and not learner.learning
+    run = learner.make_run(holder, wan.model.model_sampling, torch.tensor([1.0, 0.5, 0.0]))
+    assert isinstance(run, sc.learn.LearningRun) and run.trace.config["profile_status"].startswith("not learning")
