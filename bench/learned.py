@@ -172,9 +172,10 @@ def run_config(name, args, sc, info):
     for k, c in cost.items():
         extra = c["extra_evaluations"]
         L.append(f"| {k} | {c['runs']} | {c['model_evaluations']} | {extra} | {c['seconds']} |")
-    L += ["", "A learning run is an ordinary run of the user's (every step computed, the uncached result bit for bit): "
-          "its extra cost is only that it reuses nothing. The Calibrator's runs each take one extra evaluation per step "
-          "(of the cond branch only; with CFG half a sampler evaluation) and are runs the user would not otherwise make.", "",
+    L += ["", "Evaluations as counted everywhere here: rows that reach the model ÷ rows per sampler evaluation (2 with "
+          "CFG), so an extra pass on the cond rows only counts ½ with CFG. A learning run is one of the user's own "
+          "runs (every step computed and returned as is: the uncached result bit for bit) plus the extra evaluations "
+          "it measures with; the Calibrator's runs are runs the user makes only to calibrate.", "",
           "Predicted change per unit σ along the calibration trajectories, relative to the Calibrator profile "
           "(mean over its σ grid of α_x·dx_per_sigma + α_t): " + ", ".join(f"{k}: {v:.3f}" for k, v in ratios.items())
           + ".", ""]

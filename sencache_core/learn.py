@@ -1,4 +1,17 @@
-"""A sensitivity profile learned from ordinary sampling runs, with no extra model evaluation.
+"""Learning a sensitivity profile from the user's own sampling runs: the pure parts of learn mode (nodes/learn.py).
+
+- The storage key of a learned profile (`learned_key`, `sampler_family`, `compare_keys`, `file_stem`) and the
+  measurements a stored profile keeps so later learning runs can add to them (`samples_to_json`: the Calibrator's
+  on-trajectory samples, what learn mode measures by default; `observations_to_json`: the pairs below).
+- The "free" estimator: a profile fitted to the pairs of computed evaluations of an ordinary run, with no extra model
+  evaluation (`PairRecorder`, `fit_profile`), described next. Measured against a Calibrator profile at exactly
+  matched evaluations on the demo model (bench/learned.py, results/learned/), it loses about 3.3–3.9 dB PSNR at 1/2
+  to 1/4 of the evaluations with CFG 6, where the Calibrator's estimator run inside the learning run is within
+  0.5 dB. The fit predicts the output change well; what it misses is where a reused output does harm: at the last,
+  large steps (low σ) the output barely changes along the trajectory, so this profile reuses them, yet an output
+  error there is multiplied by that step's large Δσ; the Calibrator's separately measured parts (which cancel along
+  the trajectory) are large there and keep those steps computed. Learn mode therefore measures with the
+  Calibrator's estimator by default and keeps this one as an option.
 
 What a run shows. Between two computed evaluations i → j of a run (j after i, at most `max_gap` evaluations later)
 we see the latent change ‖x_j − x_i‖, the noise-level change |σ_j − σ_i| and the output change ‖f_j − f_i‖ (RMS over
@@ -31,14 +44,15 @@ the split, never the size. (Calibrated profiles of the demo model have the two t
 trajectory, METHOD.md §3's on-trajectory estimator.)
 `dx_per_sigma` (budget mode's simulation) is the kernel-weighted mean ‖Δx‖/|Δσ| of the gap-1 pairs.
 
-Note on ε. The Calibrator's α come from two separately measured parts of the output change, whose norms add up to at
+Note on ε (free estimator). The Calibrator's α come from two separately measured parts of the output change, whose norms add up to at
 least the norm of the total change (triangle inequality); the learned α predict the total change itself. At the same
 ε a learned profile therefore reuses at least as often; budget mode (target_speedup) derives ε from the profile
 either way.
 
 Storage key (`learned_key`): the model fingerprint (architecture and weights digest, sencache_core.fingerprint),
-a digest of the weight patches applied on top (LoRA), the latent shape of one sample and the sampler family
-(`sampler_family`). A stored profile whose key differs only in weights or patches is a changed model: relearn.
+a digest of the weight patches applied on top (LoRA), the latent shape of one sample, the sampler family
+(`sampler_family`) and the estimator. A stored profile whose key differs only in weights or patches is a changed
+model: relearn.
 """
 from __future__ import annotations
 
