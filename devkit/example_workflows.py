@@ -66,6 +66,44 @@ def wan21_t2v(info) -> dict:
     return g.to_json()
 
 
+def quickstart(info) -> dict:
+    g = Graph(info)
+    g.note("### Quick start: one SenCache node, no profile (Wan 2.1 T2V 1.3B)\n\n"
+           "**Run it twice.** SenCache has no profile connected, so it learns one from your own runs: the first run "
+           "of a model at a latent size (resolution, frame count) and sampler family computes every step (the same "
+           "video as without SenCache), measures the model's sensitivities on the way (one extra model evaluation "
+           "per step: up to twice the time of a plain run) and stores the profile in `models/sencache/learned/`. The second run and "
+           "every later one find that profile and reuse model evaluations. The node's strip says which: "
+           "\"learning the profile (run 1 of 1)\" or \"using learned profile …\".\n\n"
+           "Another checkpoint, a LoRA, another resolution or an ancestral/SDE sampler is noticed and learned once "
+           "more (one run). `learning_runs` > 1 learns over more runs before reusing.\n\n"
+           "Model files (ComfyUI folder names):\n"
+           "- `models/diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors`\n"
+           "- `models/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors`\n"
+           "- `models/vae/wan_2.1_vae.safetensors`", (0, -380), (620, 350))
+    g.note(SENCACHE_HOWTO.replace("**Load Profile → SenCache → sampler.** ", "**SenCache → sampler.** "),
+           (660, -380), (520, 350))
+    unet = g.node("UNETLoader", (0, 0), unet_name="wan2.1_t2v_1.3B_fp16.safetensors", weight_dtype="default")
+    ms = g.node("ModelSamplingSD3", (0, 130), shift=8.0)
+    clip = g.node("CLIPLoader", (0, 260), clip_name="umt5_xxl_fp8_e4m3fn_scaled.safetensors", type="wan")
+    vae = g.node("VAELoader", (0, 420), vae_name="wan_2.1_vae.safetensors")
+    pos = g.node("CLIPTextEncode", (360, 0), (400, 180), title="CLIP Text Encode (Positive Prompt)",
+                 text="A red fox trotting through fresh snow in a birch forest, morning light, cinematic.")
+    neg = g.node("CLIPTextEncode", (360, 210), (400, 180), title="CLIP Text Encode (Negative Prompt)",
+                 text="blurry, low quality, static, distorted, watermark, text")
+    lat = g.node("EmptyHunyuanLatentVideo", (360, 420), width=832, height=480, length=33, batch_size=1)
+    sc = g.node("SenCacheApply", (800, 0), color=SC, title="SenCache (learns its profile)")
+    ks = g.node("KSampler", (1160, 0), seed=42, steps=30, cfg=6.0, sampler_name="uni_pc", scheduler="simple", denoise=1.0)
+    dec = g.node("VAEDecode", (1520, 0), (220, 80))
+    cv = g.node("CreateVideo", (1520, 120), (220, 100), fps=16.0)
+    sv = g.node("SaveVideo", (1520, 260), (300, 140), filename_prefix="video/sencache_quickstart")
+    g.link(unet, 0, ms, "model"); g.link(ms, 0, sc, "model")
+    g.link(clip, 0, pos, "clip"); g.link(clip, 0, neg, "clip")
+    g.link(sc, 0, ks, "model"); g.link(pos, 0, ks, "positive"); g.link(neg, 0, ks, "negative"); g.link(lat, 0, ks, "latent_image")
+    g.link(ks, 0, dec, "samples"); g.link(vae, 0, dec, "vae"); g.link(dec, 0, cv, "images"); g.link(cv, 0, sv, "video")
+    return g.to_json()
+
+
 def wan21_i2v(info) -> dict:
     g = Graph(info)
     g.note("### Wan 2.1 image-to-video (14B, 480p) with SenCache\n\nModel files:\n"
@@ -364,6 +402,7 @@ def demo(info) -> dict:
 
 
 WORKFLOWS = {
+    "sencache_quickstart_wan21_t2v": (quickstart, "Quick start: one SenCache node"),
     "sencache_wan21_t2v": (wan21_t2v, "Wan 2.1 T2V + SenCache"),
     "sencache_wan21_i2v": (wan21_i2v, "Wan 2.1 I2V + SenCache"),
     "sencache_wan22_a14b_t2v": (wan22_a14b, "Wan 2.2 A14B: two experts"),

@@ -27,10 +27,16 @@ class SenCache(io.ComfyNode):
         return io.Schema(
             node_id="SenCacheApply", display_name="SenCache", category="SenCache",
             description="Skips model evaluations whose output a calibrated sensitivity bound predicts to change by less "
-                        "than ε, reusing the cached output instead (SenCache, CVPR 2026).",
+                        "than ε, reusing the cached output instead (SenCache, CVPR 2026). Without a profile connected it "
+                        "learns one from your first run(s) of each model, latent size and sampler family.",
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model (Wan 2.1/2.2, LTX-Video, CogVideoX, ...)."),
-                Profile.Input("profile", tooltip="Sensitivity profile of this model: from Load Profile or the Sensitivity Calibrator."),
+                Profile.Input("profile", optional=True,
+                              tooltip="Sensitivity profile of this model: from Load Profile or the Sensitivity Calibrator. "
+                                      "Leave it unconnected to learn the profile from your own runs: the first run of a "
+                                      "model, latent size and sampler family computes every step (the uncached result) plus one "
+                                      "extra evaluation per step to measure the sensitivities, and stores the profile in "
+                                      "models/sencache/learned; later runs find it and reuse evaluations."),
                 io.Float.Input("eps_main", default=0.1, min=0.0, max=10.0, step=0.005,
                                tooltip="Reuse threshold ε after the early phase: the predicted RMS change per element of the "
                                        "model output (the model's own output units, e.g. velocity for Wan/LTXV). Higher = faster, "
@@ -62,15 +68,20 @@ class SenCache(io.ComfyNode):
                                        "eps_main; the ε values and max_consecutive_reuse above are then ignored). K = the smallest "
                                        "value that can reach that count; without CFG, with output_extrapolated, at least 6 from about "
                                        "3x on. 0 = ε mode: eps_main, eps_start and max_consecutive_reuse as given."),
+                io.Int.Input("learning_runs", default=1, min=1, max=16, optional=True,
+                             tooltip="Only without a profile connected: how many runs (count) of a model, latent size and "
+                                     "sampler family learn the profile (each computes every step plus one extra evaluation "
+                                     "per step) before runs reuse evaluations; more runs average over more prompts and seeds. "
+                                     "A changed model (other weights, a LoRA) is noticed and learned again."),
             ],
             outputs=[io.Model.Output(tooltip="The model with SenCache attached (connect it to a KSampler).")],
             hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
-    def execute(cls, model, profile, eps_main, eps_start, eps_switch_percent, max_consecutive_reuse, reuse_start_percent,
+    def execute(cls, model, eps_main, eps_start, eps_switch_percent, max_consecutive_reuse, reuse_start_percent,
                 reuse_end_percent, protect_final_step, use_high_percentile, reuse_mode,
-                target_speedup=DEFAULT_TARGET_SPEEDUP) -> io.NodeOutput:
+                target_speedup=DEFAULT_TARGET_SPEEDUP, profile=None, learning_runs=1) -> io.NodeOutput:
         settings = SenCacheSettings(eps_start=eps_start, eps_main=eps_main, max_consecutive=max_consecutive_reuse,
                                     eps_switch_percent=eps_switch_percent, reuse_start_percent=reuse_start_percent,
                                     reuse_end_percent=reuse_end_percent, protect_final=protect_final_step,
@@ -78,7 +89,8 @@ class SenCache(io.ComfyNode):
                                     target_speedup=target_speedup)
         node_id = cls.hidden.unique_id if cls.hidden is not None else None
         notes = []
-        patched, _ = apply_sencache(model, profile, settings, node_id=node_id, publishers=NODE_PUBLISHERS, notes=notes)
+        patched, _ = apply_sencache(model, profile, settings, node_id=node_id, publishers=NODE_PUBLISHERS, notes=notes,
+                                    learning_runs=learning_runs)
         return io.NodeOutput(patched, ui={"text": notes} if notes else None)
 
 

@@ -6,6 +6,7 @@ import math
 from dataclasses import replace
 
 from ..sencache_core import ProfileError, compare_fingerprints
+from .learn import ProfileLearner
 from .model_info import model_facts, unknown_class_message
 from .runtime import REUSE_MODES, SenCacheHolder, SenCacheSettings, attach
 
@@ -49,11 +50,13 @@ def checked_settings(settings: SenCacheSettings) -> SenCacheSettings:
 
 
 def apply_sencache(model, profile, settings: SenCacheSettings, node_id: str | None = None, publishers=(),
-                   run_class=None, notes: list | None = None):
+                   run_class=None, notes: list | None = None, learning_runs: int = 1,
+                   learn_estimator: str = "trajectory"):
     """The model with SenCache attached, and its holder. publishers / run_class: SenCacheHolder's extension points.
-    Warnings are logged and, when `notes` is a list, appended to it (the node shows them)."""
-    if profile is None:
-        raise ProfileError("SenCache needs a sensitivity profile: connect Load Profile or a Sensitivity Calibrator")
+    profile None = learn mode: the profile is learned from this model's own runs and stored in models/sencache/learned
+    (nodes/learn.py); the first `learning_runs` runs of a model, latent shape and sampler family compute every step
+    and measure the profile (`learn_estimator`: nodes.learn.ESTIMATORS). Warnings are logged and, when `notes` is a
+    list, appended to it (the node shows them)."""
     settings = checked_settings(settings)
     if settings.max_consecutive < 0:
         raise ValueError(f"max_consecutive_reuse must be ≥ 0 (got {settings.max_consecutive})")
@@ -62,14 +65,22 @@ def apply_sencache(model, profile, settings: SenCacheSettings, node_id: str | No
     if settings.reuse_mode not in REUSE_MODES:
         raise ValueError(f"reuse_mode must be one of {REUSE_MODES}")
     facts = model_facts(model)
-    warnings = check_profile(profile, facts)
+    warnings = []
     unknown = unknown_class_message(facts)
     if unknown:
-        warnings.insert(0, unknown)
+        warnings.append(unknown)
+    run_setup = None
+    if profile is None:
+        if run_class is not None:
+            raise ValueError("learn mode (no profile) makes its own runs; run_class needs a profile")
+        learner = ProfileLearner(facts, learning_runs, learn_estimator)
+        publishers, run_class, run_setup = (learner.publish, *publishers), learner.make_run, learner.begin_run
+    else:
+        warnings.extend(check_profile(profile, facts))
     for w in warnings:
         log.warning("SenCache: %s", w)
     if notes is not None:
         notes.extend(warnings)
     holder = SenCacheHolder(profile, settings, facts["latent_channels"], node_id=node_id, publishers=publishers,
-                            run_class=run_class)
+                            run_class=run_class, run_setup=run_setup)
     return attach(model, holder), holder

@@ -82,6 +82,7 @@ def compact(trace: RunTrace, node_id=None) -> dict:
         "speedup_text": speedup.of_trace(trace).text(),
         "wall_seconds": _finite(trace.wall_seconds), "model_seconds": _finite(trace.model_seconds),
         "interrupted": bool(trace.interrupted), "no_reuse_reason": no_reuse_reason(trace),
+        "status": (trace.config or {}).get("profile_status"),
         "settings": {k: _finite(trace.config.get(k)) if k != "max_consecutive" else trace.config.get(k)
                      for k in ("eps_start", "eps_main", "max_consecutive")},
         "steps": [{"sigma": _finite(s.sigma), "reuse": bool(s.reuse), "S": _finite(s.score), "eps": _finite(s.eps),
@@ -127,6 +128,8 @@ def summary(trace: RunTrace, profile=None, node_id=None) -> str:
     else:
         lines.append("Speed-up: not available (no finished run with computed evaluations).")
     cfg = trace.config or {}
+    if cfg.get("profile_status"):
+        lines.append(f"Profile: {cfg['profile_status']}.")
     if cfg:
         lines.append(f"Settings: ε_start={cfg.get('eps_start')}, ε_main={cfg.get('eps_main')}, "
                      f"K={cfg.get('max_consecutive')} (max reuses in a row).")

@@ -67,16 +67,21 @@ class SenCacheHolder:
       publishers: callables (holder, trace) called in order after every sampling run, finished or interrupted
                   (the SenCache node passes the web UI's event sender). A failing publisher is logged and skipped.
       run_class:  the class made per sampling run: RunState or a subclass that overrides its documented hooks.
+      run_setup:  a callable (holder, guider, outer_sample_args) called at the start of every sampling run, before
+                  run_class, with what only the run knows: the ModelPatcher being sampled (its weight patches), the
+                  noise (latent shape) and the sampler. Learn mode (nodes/learn.py) chooses the run's profile there.
     """
 
     def __init__(self, profile: SensitivityProfile, settings: SenCacheSettings, latent_channels: int,
-                 node_id: str | None = None, publishers: Iterable[Publisher] = (), run_class: type | None = None):
+                 node_id: str | None = None, publishers: Iterable[Publisher] = (), run_class: type | None = None,
+                 run_setup: Callable | None = None):
         self.profile = profile
         self.settings = settings
         self.latent_channels = latent_channels
         self.node_id = node_id
         self.publishers: list[Publisher] = list(publishers)
         self.run_class = run_class or RunState
+        self.run_setup = run_setup
         self.last_trace: RunTrace | None = None
 
     def plan_settings(self, model_sampling) -> PlanSettings:
@@ -404,6 +409,8 @@ def outer_sample_wrapper(holder: SenCacheHolder, executor, *args, **kwargs):
     try:
         guider.model_options = comfy.model_patcher.create_model_options_clone(orig_model_options)
         to = guider.model_options.setdefault("transformer_options", {})
+        if holder.run_setup is not None:
+            holder.run_setup(holder, guider, args)
         run = holder.run_class(holder, guider.model_patcher.model.model_sampling, args[3])
         to[RUN_KEY] = run
         out = executor(*args, **kwargs)

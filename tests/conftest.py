@@ -67,12 +67,12 @@ def tiny(host, comfy_base):
 
 @pytest.fixture(scope="session")
 def sc(pack):
-    """The pack's modules as ComfyUI loaded them: sc.runtime, sc.apply, sc.calibrate, sc.profiles, sc.visualize, ...,
-    sc.core, sc.plotting (nodes.plotting)."""
+    """The pack's modules as ComfyUI loaded them: sc.runtime, sc.apply, sc.calibrate, sc.profiles, sc.visualize, sc.learn,
+    ..., sc.core, sc.plotting (nodes.plotting)."""
     import importlib
     import types
     ns = types.SimpleNamespace()
-    for name in ("runtime", "apply", "calibrate", "profiles", "model_info", "visualize", "ui_events"):
+    for name in ("runtime", "apply", "calibrate", "profiles", "model_info", "visualize", "ui_events", "learn"):
         setattr(ns, name, importlib.import_module(f"{pack.__name__}.nodes.{name}"))
     ns.nodes = importlib.import_module(f"{pack.__name__}.nodes")
     ns.core = importlib.import_module(f"{pack.__name__}.sencache_core")

@@ -266,8 +266,8 @@ def test_bad_inputs_are_refused_at_execution(sc, tiny, wan, wan_profile):
         patched(sc, wan, wan_profile, eps=-0.1, eps_start=0.1)
     with pytest.raises(ValueError, match="max_consecutive"):
         patched(sc, wan, wan_profile, k=-1)
-    with pytest.raises(sc.core.ProfileError, match="needs a sensitivity profile"):
-        sc.apply.apply_sencache(wan, None, settings(sc))
+    with pytest.raises(ValueError, match="learning_runs"):     # no profile = learn mode (tests/test_learn.py)
+        sc.apply.apply_sencache(wan, None, settings(sc), learning_runs=0)
 
 
 def test_sigma_outside_profile_and_nonfinite_cache_are_computed(sc, wan, conds, wan_profile, caplog):

@@ -2,7 +2,7 @@
 //
 // The server sends "sencache.trace" after every sampling run (nodes/ui_events.py) with
 //   { node_id, prompt_id, computed, reused, total, speedup, speedup_kind, speedup_text, wall_seconds, model_seconds,
-//     interrupted, no_reuse_reason (optional), steps: [{ sigma, reuse, S, eps, reason }, ...] }
+//     interrupted, no_reuse_reason (optional), status (learn mode, optional), steps: [{ sigma, reuse, S, eps, reason }, ...] }
 // This extension stores it on the matching node as `node.sencacheTrace`, draws a compact per-step strip at
 // the bottom of the node (one cell per model evaluation: blue = computed, green = reused; bar height = S/ε,
 // the dashed line is S = ε; a full pale bar = computed without a score, e.g. first/final step), and shows a
@@ -54,8 +54,8 @@ function drawStrip(node, ctx) {
   ctx.textBaseline = "alphabetic";
   ctx.fillStyle = "#bbbbbb";
   const head = `SenCache: computed ${t.computed}/${t.total} · ` +
-               (t.no_reuse_reason ? `nothing reused: ${t.no_reuse_reason}` : speedupText(t)) +
-               (t.interrupted ? " · interrupted" : "");
+               (t.no_reuse_reason && !t.status ? `nothing reused: ${t.no_reuse_reason}` : speedupText(t)) +
+               (t.interrupted ? " · interrupted" : "") + (t.status ? ` · ${t.status}` : "");
   ctx.fillText(head, pad, top + 11, w - 2 * pad);
   ctx.fillStyle = "rgba(0,0,0,0.25)";
   ctx.fillRect(pad, barTop, w - 2 * pad, barH);
@@ -116,8 +116,9 @@ function showTrace(detail) {
     summary: "SenCache",
     detail: `${who}: computed ${detail.computed}/${detail.total} model evaluations, ${speedupText(detail)}` +
             (detail.interrupted ? ", run interrupted" : "") +
-            (detail.no_reuse_reason ? `. Nothing reused: ${detail.no_reuse_reason}` : ""),
-    life: detail.no_reuse_reason ? 12000 : 6000,
+            (detail.status ? `; ${detail.status}` : "") +
+            (detail.no_reuse_reason && !detail.status ? `. Nothing reused: ${detail.no_reuse_reason}` : ""),
+    life: detail.no_reuse_reason && !detail.status ? 12000 : 6000,
   });
 }
 
