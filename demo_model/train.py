@@ -28,7 +28,7 @@ if str(REPO) not in sys.path:
 from demo_model import data  # noqa: E402
 
 WEIGHTS = REPO / "demo_model" / "weights" / "sencache_demo_wan.safetensors"
-STATE = REPO / ".dev" / "train_state.pt"
+STATE = REPO / ".dev" / "demo_train_state.pt"
 
 CONFIG = dict(model_type="t2v", patch_size=(1, 2, 2), text_len=512, in_dim=16, dim=128, ffn_dim=512, freq_dim=256,
               text_dim=4096, out_dim=16, num_heads=1, num_layers=4, window_size=(-1, -1), qk_norm=True,
@@ -178,6 +178,9 @@ def main(argv=None):
     ap.add_argument("--shift", type=float, default=3.0, help="flow shift applied to the training t distribution")
     ap.add_argument("--dropout", type=float, default=0.1, help="prompt dropout (zero context) for CFG")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--layout", default=data.DEFAULT_LAYOUT, choices=data.LAYOUTS,
+                    help="training data layout (data.random_motion): 'staged' for the demo model, 'free' for the "
+                         "validation model")
     ap.add_argument("--save-every", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--stop-at", type=float, default=None, help="unix time: save and stop at the next step past it")
@@ -225,6 +228,8 @@ def main(argv=None):
         elapsed = float(meta.get("train_minutes", 0.0)) * 60.0
         loss_avg = float(meta["loss"]) if "loss" in meta else None
         print(f"new phase from {args.init_from} (step {step}): fresh optimizer, warm-up {args.warmup}", flush=True)
+    init_from_name = st.get("init_from", "") if state_path.exists() else (
+        pathlib.Path(args.init_from).name if args.init_from else "")
     # the step where the current training phase began (warm-up and --anneal are counted from there)
     phase_start = st.get("phase_start", 0) if state_path.exists() else step
     n_params = sum(p.numel() for p in model.parameters())
@@ -233,7 +238,8 @@ def main(argv=None):
     def checkpoint():
         meta = {
             "sencache_demo": "SenCache demo model (tiny Wan 2.1 T2V) - see demo_model/README.md",
-            "config": json.dumps(CONFIG), "data": DATA_DESCRIPTION, "steps": str(step),
+            "config": json.dumps(CONFIG), "data": DATA_DESCRIPTION, "layout": args.layout, "steps": str(step),
+            "phase_start": str(phase_start), "init_from": init_from_name,
             "loss": f"{loss_avg:.5f}", "seed": str(args.seed), "batch": str(args.batch),
             "train_minutes": f"{elapsed / 60:.1f}", "threads": str(args.threads),
             "objective": "rectified flow, x_t=(1-t)x0+t*eps, v=eps-x0, timestep=1000t (ComfyUI CONST/FLOW)",
@@ -246,7 +252,7 @@ def main(argv=None):
         tmp = state_path.with_suffix(".tmp")
         torch.save(dict(model=model.state_dict(), ema=ema, opt=opt.state_dict(), step=step, elapsed=elapsed,
                         loss_avg=loss_avg, history=history, args=vars(args),
-                        phase_start=phase_start), tmp)
+                        phase_start=phase_start, init_from=init_from_name), tmp)
         os.replace(tmp, state_path)
         print(f"checkpoint step {step} loss {loss_avg:.4f} -> {args.weights}", flush=True)
 
@@ -260,7 +266,7 @@ def main(argv=None):
         t0 = time.time()
         rng = np.random.default_rng([args.seed, step])        # per-step streams: resuming is exact
         g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        _, ctx, x0 = data.sample_batch(rng, args.batch)
+        _, ctx, x0 = data.sample_batch(rng, args.batch, args.layout)
         drop = torch.rand(args.batch, generator=g) < args.dropout
         ctx = torch.where(drop[:, None, None], torch.zeros_like(ctx), ctx)
         t = sample_t(g, args.batch, args.shift)

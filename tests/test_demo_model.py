@@ -64,6 +64,41 @@ def test_data_is_deterministic_and_roughly_unit_scale():
     assert 0.3 < lat1.std().item() < 1.5 and abs(lat1.mean().item()) < 0.3
 
 
+def test_staged_layout_places_objects_by_colour_order():
+    """Staged data (the demo model's): two objects sit left/right by their colour's rank in COLOUR_NAMES, whatever
+    order the prompt names them in; one object stays near the centre."""
+    for text in ("red circle and blue square on green", "blue square and red circle on green"):
+        spec = data.parse_prompt(text)
+        motion = data.random_motion(np.random.default_rng(1), 2, "staged", spec)
+        by_colour = {c: m["x0"] for (c, _), m in zip(spec.objects, motion)}
+        assert by_colour["red"] < data.FRAME_SIZE / 2 < by_colour["blue"], (text, by_colour)
+    one = data.random_motion(np.random.default_rng(2), 1, "staged", data.parse_prompt("white square on black"))[0]
+    assert abs(one["x0"] - data.FRAME_SIZE / 2) <= 3.0 and abs(one["y0"] - data.FRAME_SIZE / 2) <= 4.0
+    with pytest.raises(ValueError, match="layout"):
+        data.random_motion(np.random.default_rng(0), 1, "diagonal")
+
+
+def test_colour_coverage_on_training_clips_and_failures():
+    """The prompt-following metric: rendered training clips pass it; the wrong background, a missing object or
+    off-palette pixels fail it."""
+    for i in range(20):
+        spec, clip = data.sample_pair(np.random.default_rng(100 + i))
+        cov = data.colour_coverage(clip, spec)
+        assert cov["pass"], (spec.text(), cov)
+        assert set(cov["objects"]) == {c for c, _ in spec.objects}
+        assert 0.30 <= cov["background"] < 1.0
+    spec = data.parse_prompt("red circle and blue square on green")
+    flat = torch.tensor(data.COLOURS["green"]).view(1, 3, 1, 1).expand(8, 3, 32, 32)
+    cov = data.colour_coverage(flat, spec)
+    assert not cov["pass"] and cov["background"] == 1.0 and cov["objects"] == {"red": 0.0, "blue": 0.0}
+    wrong_bg = data.colour_coverage(flat, "red circle and blue square on white")
+    assert wrong_bg["background"] == 0.0 and not wrong_bg["pass"]
+    grey_mud = torch.full((8, 3, 32, 32), 0.3)                    # no palette colour within the distance
+    assert data.colour_coverage(grey_mud, spec)["background"] == 0.0
+    with pytest.raises(ValueError, match="frames"):
+        data.colour_coverage(torch.zeros(3, 32, 32), spec)
+
+
 def test_parse_prompt():
     spec = data.parse_prompt("Red circle and blue square on green")
     assert spec.objects == (("red", "circle"), ("blue", "square")) and spec.background == "green"
