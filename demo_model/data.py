@@ -3,7 +3,8 @@
 Host-free: imports numpy and torch only.
 
 Videos: ``NUM_FRAMES`` (8) RGB frames of ``FRAME_SIZE`` x ``FRAME_SIZE`` (32 x 32) showing 1-2 moving, rotating
-shapes (circle, square, triangle) of distinct colours on a plain coloured background.
+shapes (circle, square, triangle) of distinct colours on a plain coloured background, arranged by a layout
+(``random_motion``): "nested" for the demo model, "free" for the validation model.
 
 Latents (``encode_frames`` / ``decode_latent``): a fixed, invertible affine map, no VAE and no temporal compression:
 ``pixel_unshuffle(2)`` (3 x 32 x 32 -> 12 x 16 x 16), centre at 0.5, then an orthonormal 12 -> 16 channel map
@@ -240,17 +241,27 @@ def _sdf(shape: str, px: np.ndarray, py: np.ndarray, size: float, theta: float) 
     return d
 
 
-LAYOUTS = ("staged", "free")
-DEFAULT_LAYOUT = "staged"
+LAYOUTS = ("nested", "sides", "free")
+DEFAULT_LAYOUT = "nested"
+
+
+def _first_in_palette(spec: PromptSpec | None) -> bool:
+    """True when the first named object's colour comes before the second's in COLOUR_NAMES (the prompt tokens carry
+    no order, so the layouts place objects by this rank, which the model can read from the tokens)."""
+    return spec is None or COLOUR_NAMES.index(spec.objects[0][0]) < COLOUR_NAMES.index(spec.objects[1][0])
 
 
 def random_motion(rng: np.random.Generator, n_objects: int, layout: str = DEFAULT_LAYOUT,
                   spec: PromptSpec | None = None) -> list[dict]:
-    """Per object: size, start position, velocity (px/frame, bouncing inside its box), angle, angular speed, box.
+    """Per object: size, start position, velocity (px/frame, bouncing inside its box), angle, angular speed, and
+    optionally box (x_lo, x_hi, y_lo, y_hi) and layer (drawing order, lowest first; default: prompt order).
 
-    layout "staged" (the demo model's data): large objects near fixed places, slow motion. One object starts near
-    the centre; with two, the object whose colour comes first in COLOUR_NAMES stays in the left part of the frame and
-    the other in the right part (a rule the model can read from the prompt tokens, which carry no order).
+    layout "nested" (the demo model's data): objects centred in the frame, drifting slowly, rotating. One object is
+    large; with two, the object whose colour comes first in COLOUR_NAMES is a large shape and the other a small shape
+    inside it. The model has no absolute position input (rotary position embedding only), so a layout that depends
+    only on the distance from the frame centre is the one it learns fastest.
+    layout "sides": two objects left and right of the centre (first colour in COLOUR_NAMES on the left), one object
+    near the centre; slow motion.
     layout "free" (the validation model's data): sizes 4.5-7.5 anywhere in the frame, speed 0.6-2 px/frame."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
@@ -266,12 +277,26 @@ def random_motion(rng: np.random.Generator, n_objects: int, layout: str = DEFAUL
                             theta0=float(rng.uniform(0, 2 * np.pi)), omega=float(rng.uniform(-0.4, 0.4))))
         return out
     c = FRAME_SIZE / 2
+    if layout == "nested":
+        if n_objects == 1:
+            sizes, layers = [float(rng.uniform(7.5, 9.0))], [0]
+        else:
+            outer, inner = float(rng.uniform(9.5, 10.5)), float(rng.uniform(4.3, 5.0))
+            first = _first_in_palette(spec)
+            sizes, layers = ([outer, inner], [0, 1]) if first else ([inner, outer], [1, 0])
+        x0, y0 = c + float(rng.uniform(-2.0, 2.0)), c + float(rng.uniform(-2.0, 2.0))
+        speed, direction = float(rng.uniform(0.0, 0.3)), float(rng.uniform(0, 2 * np.pi))
+        box = (c - 2.0, c + 2.0, c - 2.0, c + 2.0)
+        for size, layer in zip(sizes, layers):
+            out.append(dict(size=size, x0=x0, y0=y0, vx=speed * np.cos(direction), vy=speed * np.sin(direction),
+                            theta0=float(rng.uniform(0, 2 * np.pi)), omega=float(rng.uniform(-0.25, 0.25)),
+                            box=box, layer=layer))
+        return out
     if n_objects == 1:
         slots = [(c, c)]
     else:
-        left_first = spec is None or COLOUR_NAMES.index(spec.objects[0][0]) < COLOUR_NAMES.index(spec.objects[1][0])
         slots = [(0.25 * FRAME_SIZE, c), (0.75 * FRAME_SIZE, c)]
-        if not left_first:
+        if not _first_in_palette(spec):
             slots = slots[::-1]
     for sx, sy in slots[:n_objects]:
         size = float(rng.uniform(6.5, 8.0)) if n_objects == 1 else float(rng.uniform(4.8, 5.8))
@@ -294,7 +319,8 @@ def render_clip(spec: PromptSpec, motion: list[dict]) -> np.ndarray:
     frames[:] = np.asarray(COLOURS[spec.background])[None, :, None, None]
     grid = np.arange(S) + 0.5
     gy, gx = grid[:, None], grid[None, :]
-    for (colour, shape), m in zip(spec.objects, motion):
+    order = sorted(range(len(motion)), key=lambda k: motion[k].get("layer", k))
+    for (colour, shape), m in ((spec.objects[k], motion[k]) for k in order):
         margin = 1.2 * m["size"] + 0.5
         xlo, xhi, ylo, yhi = m.get("box", (margin, S - margin, margin, S - margin))
         xs = _bounce(m["x0"], m["vx"], xlo, xhi)

@@ -71,6 +71,15 @@ def build_model(seed: int):
     return model
 
 
+def object_mask(specs, x0: torch.Tensor) -> torch.Tensor:
+    """[B, 1, T, 16, 16] float: 1 where a latent position's 2 x 2 pixels show something other than the background."""
+    frames = data.decode_latent(x0)                                                   # [B, T, 3, 32, 32]
+    bg = torch.tensor([data.COLOURS[s.background] for s in specs], dtype=frames.dtype).view(-1, 1, 3, 1, 1)
+    m = ((frames - bg).abs().amax(dim=2) > 0.05).float()                               # [B, T, 32, 32]
+    m = torch.nn.functional.max_pool2d(m.flatten(0, 1)[:, None], 2).view(*m.shape[:2], 16, 16)
+    return m[:, None]
+
+
 def sample_t(g: torch.Generator, n: int, shift: float) -> torch.Tensor:
     """Logit-normal(0, 1) pushed towards high noise by the flow shift (t' = s t / (1 + (s-1) t)); 10 % uniform."""
     t = torch.sigmoid(torch.randn(n, generator=g))
@@ -176,6 +185,9 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--shift", type=float, default=3.0, help="flow shift applied to the training t distribution")
+    ap.add_argument("--object-weight", type=float, default=1.0,
+                    help="loss weight of latent positions covered by an object (background positions: 1); > 1 makes "
+                         "the model learn the objects' colours and shapes sooner")
     ap.add_argument("--dropout", type=float, default=0.1, help="prompt dropout (zero context) for CFG")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--layout", default=data.DEFAULT_LAYOUT, choices=data.LAYOUTS,
@@ -243,7 +255,7 @@ def main(argv=None):
             "loss": f"{loss_avg:.5f}", "seed": str(args.seed), "batch": str(args.batch),
             "train_minutes": f"{elapsed / 60:.1f}", "threads": str(args.threads),
             "objective": "rectified flow, x_t=(1-t)x0+t*eps, v=eps-x0, timestep=1000t (ComfyUI CONST/FLOW)",
-            "weights": f"EMA decay {args.ema}", "lr": str(args.lr), "train_shift": str(args.shift),
+            "weights": f"EMA decay {args.ema}", "object_weight": str(args.object_weight), "lr": str(args.lr), "train_shift": str(args.shift),
             "sampling": "ModelSamplingSD3 shift 8, uni_pc, simple, 30 steps, cfg 6; negative = zeros [1,3,4096]",
             "latent_shape": json.dumps(list(data.LATENT_SHAPE)),
         }
@@ -266,7 +278,7 @@ def main(argv=None):
         t0 = time.time()
         rng = np.random.default_rng([args.seed, step])        # per-step streams: resuming is exact
         g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        _, ctx, x0 = data.sample_batch(rng, args.batch, args.layout)
+        specs, ctx, x0 = data.sample_batch(rng, args.batch, args.layout)
         drop = torch.rand(args.batch, generator=g) < args.dropout
         ctx = torch.where(drop[:, None, None], torch.zeros_like(ctx), ctx)
         t = sample_t(g, args.batch, args.shift)
@@ -274,7 +286,11 @@ def main(argv=None):
         tt = t.view(-1, 1, 1, 1, 1)
         xt = (1 - tt) * x0 + tt * eps
         v = model(xt, t * 1000.0, ctx)
-        loss = torch.nn.functional.mse_loss(v, eps - x0)
+        if args.object_weight != 1.0:
+            w = 1.0 + (args.object_weight - 1.0) * object_mask(specs, x0)
+            loss = (w * (v - (eps - x0)) ** 2).mean() / w.mean()
+        else:
+            loss = torch.nn.functional.mse_loss(v, eps - x0)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.lr, args.warmup, phase_start, args.steps if args.anneal else None)
         opt.zero_grad(set_to_none=True)

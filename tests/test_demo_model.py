@@ -64,16 +64,27 @@ def test_data_is_deterministic_and_roughly_unit_scale():
     assert 0.3 < lat1.std().item() < 1.5 and abs(lat1.mean().item()) < 0.3
 
 
-def test_staged_layout_places_objects_by_colour_order():
-    """Staged data (the demo model's): two objects sit left/right by their colour's rank in COLOUR_NAMES, whatever
-    order the prompt names them in; one object stays near the centre."""
+def test_layouts_place_objects_by_colour_order():
+    """The prompt tokens carry no order, so the layouts place two objects by their colour's rank in COLOUR_NAMES,
+    whatever order the prompt names them in. nested (the demo model's data): the first colour is the large outer
+    shape, drawn first, the other a small shape inside it, all near the centre. sides: the first colour on the left."""
     for text in ("red circle and blue square on green", "blue square and red circle on green"):
         spec = data.parse_prompt(text)
-        motion = data.random_motion(np.random.default_rng(1), 2, "staged", spec)
-        by_colour = {c: m["x0"] for (c, _), m in zip(spec.objects, motion)}
-        assert by_colour["red"] < data.FRAME_SIZE / 2 < by_colour["blue"], (text, by_colour)
-    one = data.random_motion(np.random.default_rng(2), 1, "staged", data.parse_prompt("white square on black"))[0]
-    assert abs(one["x0"] - data.FRAME_SIZE / 2) <= 3.0 and abs(one["y0"] - data.FRAME_SIZE / 2) <= 4.0
+        by_colour = {c: m for (c, _), m in zip(spec.objects, data.random_motion(np.random.default_rng(1), 2,
+                                                                                  "nested", spec))}
+        red, blue = by_colour["red"], by_colour["blue"]
+        assert red["size"] > 2 * blue["size"] and red["layer"] < blue["layer"], text
+        assert (red["x0"], red["y0"]) == (blue["x0"], blue["y0"])
+        assert abs(red["x0"] - data.FRAME_SIZE / 2) <= 2.0 and abs(red["y0"] - data.FRAME_SIZE / 2) <= 2.0
+        clip = data.render_clip(spec, list(by_colour.values()) if spec.objects[0][0] == "red"
+                                else [by_colour["blue"], by_colour["red"]])
+        centre = clip[0, :, 16, 16]                                   # the small blue square is on top
+        assert np.abs(centre - np.asarray(data.COLOURS["blue"])).max() < 1e-6
+        sides = {c: m["x0"] for (c, _), m in zip(spec.objects, data.random_motion(np.random.default_rng(1), 2,
+                                                                                   "sides", spec))}
+        assert sides["red"] < data.FRAME_SIZE / 2 < sides["blue"], (text, sides)
+    one = data.random_motion(np.random.default_rng(2), 1, "nested", data.parse_prompt("white square on black"))[0]
+    assert abs(one["x0"] - data.FRAME_SIZE / 2) <= 2.0 and one["size"] >= 7.5
     with pytest.raises(ValueError, match="layout"):
         data.random_motion(np.random.default_rng(0), 1, "diagonal")
 
@@ -82,7 +93,7 @@ def test_colour_coverage_on_training_clips_and_failures():
     """The prompt-following metric: rendered training clips pass it; the wrong background, a missing object or
     off-palette pixels fail it."""
     for i in range(20):
-        spec, clip = data.sample_pair(np.random.default_rng(100 + i))
+        spec, clip = data.sample_pair(np.random.default_rng(100 + i), layout=("nested", "sides")[i % 2])
         cov = data.colour_coverage(clip, spec)
         assert cov["pass"], (spec.text(), cov)
         assert set(cov["objects"]) == {c for c, _ in spec.objects}
