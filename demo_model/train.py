@@ -29,6 +29,7 @@ from demo_model import data  # noqa: E402
 
 WEIGHTS = REPO / "demo_model" / "weights" / "sencache_demo_wan.safetensors"
 STATE = REPO / ".dev" / "demo_train_state.pt"
+COMPACT_STATE = REPO / "demo_model" / "weights" / "sencache_demo_wan_train_state.pt"
 
 CONFIG = dict(model_type="t2v", patch_size=(1, 2, 2), text_len=512, in_dim=16, dim=128, ffn_dim=512, freq_dim=256,
               text_dim=4096, out_dim=16, num_heads=1, num_layers=4, window_size=(-1, -1), qk_norm=True,
@@ -177,6 +178,46 @@ def write_sample_grid(weights: str, out_png: str, seed: int = 0):
     print(f"{kind}: sampled {len(SAMPLE_PROMPTS)} prompts x {len(SAMPLE_SETTINGS)} settings in {secs:.1f} s -> {out_png}")
 
 
+def _cast_floats(obj, dtype):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(dtype) if obj.is_floating_point() and obj.ndim > 0 else obj
+    if isinstance(obj, dict):
+        return {k: _cast_floats(v, dtype) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cast_floats(v, dtype) for v in obj)
+    return obj
+
+
+def export_compact(state_path: pathlib.Path, out: pathlib.Path):
+    """The full training state (float32 weights, EMA, AdamW moments: ~28 MB) -> a small file to commit: weights and
+    AdamW moments in bfloat16, no EMA (the committed EMA weights file of the same step holds it), step and history."""
+    st = torch.load(state_path, map_location="cpu", weights_only=False)
+    small = {k: v for k, v in st.items() if k != "ema"}
+    small["model"] = _cast_floats(st["model"], torch.bfloat16)
+    small["opt"] = _cast_floats(st["opt"], torch.bfloat16)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    torch.save(small, tmp)
+    os.replace(tmp, out)
+    print(f"compact state of step {st['step']}: {out} ({out.stat().st_size / 1e6:.1f} MB)")
+
+
+def load_compact(path: pathlib.Path, weights: pathlib.Path) -> dict:
+    """Inverse of export_compact: float32 again, EMA from the weights file (its `steps` metadata must match)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    st = torch.load(path, map_location="cpu", weights_only=False)
+    with safe_open(str(weights), "pt") as f:
+        meta = f.metadata() or {}
+    if int(meta.get("steps", -1)) != int(st["step"]):
+        raise ValueError(f"{path} is of step {st['step']} but {weights} of step {meta.get('steps')}: pass the "
+                         "weights file that was saved with it (--weights)")
+    st["model"] = _cast_floats(st["model"], torch.float32)
+    st["opt"] = _cast_floats(st["opt"], torch.float32)
+    st["ema"] = load_file(str(weights))
+    return st
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=100000, help="stop after this many steps (default: run until killed)")
@@ -203,6 +244,14 @@ def main(argv=None):
                          "from the file's metadata) when no --state exists, e.g. after the state file was lost")
     ap.add_argument("--anneal", action="store_true",
                     help="decay the learning rate linearly to lr/10 at --steps (instead of keeping it constant)")
+    ap.add_argument("--compact-state", default=str(COMPACT_STATE),
+                    help="the committed small training state: weights and AdamW moments in bfloat16 (the EMA comes "
+                         "from --weights, which must be of the same step)")
+    ap.add_argument("--export-compact", action="store_true",
+                    help="do not train: write --compact-state from --state and exit")
+    ap.add_argument("--resume-compact", action="store_true",
+                    help="when --state does not exist, resume from --compact-state and --weights (another machine "
+                         "or session: same trajectory up to bfloat16 rounding of the optimizer state)")
     ap.add_argument("--samples", default=None, metavar="PNG",
                     help="do not train: load --weights via ComfyUI, sample, write a picture grid to PNG")
     args = ap.parse_args(argv)
@@ -212,6 +261,9 @@ def main(argv=None):
         return
 
     torch.set_num_threads(args.threads)
+    if args.export_compact:
+        export_compact(pathlib.Path(args.state), pathlib.Path(args.compact_state))
+        return
     torch.use_deterministic_algorithms(True)
     from devkit import host
     host.boot(None, load_pack=False)
@@ -228,6 +280,13 @@ def main(argv=None):
         opt.load_state_dict(st["opt"])
         step, elapsed, loss_avg, history = st["step"], st["elapsed"], st["loss_avg"], st["history"]
         print(f"resumed from {state_path} at step {step} ({elapsed / 60:.1f} min so far)", flush=True)
+    elif args.resume_compact:
+        st = load_compact(pathlib.Path(args.compact_state), pathlib.Path(args.weights))
+        model.load_state_dict(st["model"])
+        ema = st["ema"]
+        opt.load_state_dict(st["opt"])
+        step, elapsed, loss_avg, history = st["step"], st["elapsed"], st["loss_avg"], st["history"]
+        print(f"resumed from {args.compact_state} + {args.weights} at step {step}", flush=True)
     elif args.init_from:
         from safetensors import safe_open
         from safetensors.torch import load_file
@@ -240,10 +299,10 @@ def main(argv=None):
         elapsed = float(meta.get("train_minutes", 0.0)) * 60.0
         loss_avg = float(meta["loss"]) if "loss" in meta else None
         print(f"new phase from {args.init_from} (step {step}): fresh optimizer, warm-up {args.warmup}", flush=True)
-    init_from_name = st.get("init_from", "") if state_path.exists() else (
-        pathlib.Path(args.init_from).name if args.init_from else "")
+    resumed = state_path.exists() or args.resume_compact
+    init_from_name = st.get("init_from", "") if resumed else (pathlib.Path(args.init_from).name if args.init_from else "")
     # the step where the current training phase began (warm-up and --anneal are counted from there)
-    phase_start = st.get("phase_start", 0) if state_path.exists() else step
+    phase_start = st.get("phase_start", 0) if resumed else step
     n_params = sum(p.numel() for p in model.parameters())
     print(f"WanModel {n_params / 1e6:.2f} M params; batch {args.batch}; lr {args.lr}; threads {args.threads}", flush=True)
 

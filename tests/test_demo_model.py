@@ -200,3 +200,35 @@ def test_decode_node_inverts_comfy_latent_convention(demo_nodes):
     assert (img - torch.from_numpy(clip).movedim(1, -1)).abs().max().item() < 1e-4
     big = demo_nodes.SenCacheDemoDecode.execute({"samples": ksampler_latent}, 4).result[0]
     assert big.shape == (8, 128, 128, 3) and torch.equal(big[:, ::4, ::4], img)
+
+
+def test_compact_training_state_round_trip(tmp_path):
+    """The committed small training state: bfloat16 weights + AdamW moments, EMA from the weights file of the same
+    step; a mismatched step is refused."""
+    from safetensors.torch import save_file
+    from demo_model import train
+    net = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    net(torch.randn(5, 4)).square().mean().backward()
+    opt.step()
+    ema = {k: v.detach().clone() * 0.5 for k, v in net.state_dict().items()}
+    full = tmp_path / "state.pt"
+    torch.save(dict(model=net.state_dict(), ema=ema, opt=opt.state_dict(), step=7, elapsed=1.0, loss_avg=0.1,
+                    history=[(7, 0.1)], args={}, phase_start=0, init_from=""), full)
+    weights = tmp_path / "w.safetensors"
+    save_file(ema, str(weights), metadata={"steps": "7"})
+    compact = tmp_path / "compact.pt"
+    train.export_compact(full, compact)
+    st = train.load_compact(compact, weights)
+    assert st["step"] == 7 and st["history"] == [(7, 0.1)]
+    for k, v in net.state_dict().items():
+        assert st["model"][k].dtype == torch.float32 and torch.allclose(st["model"][k], v, rtol=1e-2, atol=1e-6)
+        assert torch.equal(st["ema"][k], ema[k])
+    net2 = torch.nn.Linear(4, 3)
+    opt2 = torch.optim.AdamW(net2.parameters(), lr=1e-3)
+    opt2.load_state_dict(st["opt"])
+    m_ref = opt.state_dict()["state"][0]["exp_avg"]
+    assert torch.allclose(opt2.state_dict()["state"][0]["exp_avg"], m_ref, rtol=1e-2, atol=1e-8)
+    save_file(ema, str(weights), metadata={"steps": "8"})
+    with pytest.raises(ValueError, match="step 7"):
+        train.load_compact(compact, weights)
