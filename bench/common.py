@@ -26,6 +26,20 @@ if str(REPO) not in sys.path:
 
 WEIGHTS = REPO / "demo_model" / "weights" / "sencache_demo_wan.safetensors"
 WEIGHTS_NAME = WEIGHTS.name
+# the second model: same architecture, trained on other data (demo_model/README.md); defaults are chosen on one model
+# and confirmed on the other
+VALIDATION_WEIGHTS = REPO / "demo_model" / "weights" / "sencache_demo_wan_validation.safetensors"
+MODELS = {"demo": WEIGHTS, "validation": VALIDATION_WEIGHTS}
+
+
+def resolve_weights(name_or_path: str | os.PathLike) -> pathlib.Path:
+    """A model name from MODELS ('demo', 'validation') or a path to a safetensors file."""
+    if str(name_or_path) in MODELS:
+        return MODELS[str(name_or_path)]
+    p = pathlib.Path(name_or_path)
+    if not p.is_file():
+        raise FileNotFoundError(f"weights {str(name_or_path)!r}: not a file and not one of {sorted(MODELS)}")
+    return p
 TEMPLATE = dict(sampler="uni_pc", scheduler="simple", steps=30, cfg=6.0, shift=8.0)   # ComfyUI's Wan 2.1 template
 
 

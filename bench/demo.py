@@ -188,7 +188,8 @@ def main(argv=None):
                     help="default: the node's default (output_extrapolated: identical to output at the demo's CFG 6)")
     ap.add_argument("--target-speedup", type=float, default=2.0,
                     help="SenCache target_speedup input (> 0: ε derived per run for about steps/target evaluations)")
-    ap.add_argument("--weights", default=str(C.WEIGHTS))
+    ap.add_argument("--weights", default=str(C.WEIGHTS),
+                    help="'demo', 'validation' (the second model, bench/common.MODELS) or a safetensors path")
     ap.add_argument("--profile", default=str(COMMITTED_PROFILE), help="profile file to use (copied into models/sencache)")
     ap.add_argument("--calibrate-in-graph", action="store_true",
                     help="profile from a SenCacheCalibrator node in the graph (its own seeds) instead of --profile")
@@ -198,6 +199,7 @@ def main(argv=None):
                     help=f"calibrate with the SenCacheCalibrator node and write {COMMITTED_PROFILE.relative_to(REPO)}")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
+    args.weights = str(C.resolve_weights(args.weights))
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     out = pathlib.Path(args.out).resolve()

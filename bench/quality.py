@@ -614,12 +614,14 @@ def main(argv=None):
     ap.add_argument("--methods", nargs="*", default=None, help="'all', or short names: " + " ".join(SHORT.values()) + " (default: all but "
                     + ", ".join(SHORT[m] for m in OPTIONAL_METHODS) + ")")
     ap.add_argument("--steps", type=int, default=None, help="override the config's step count (smoke tests)")
-    ap.add_argument("--weights", default=str(C.WEIGHTS))
+    ap.add_argument("--weights", default=str(C.WEIGHTS),
+                    help="'demo', 'validation' (the second model, bench/common.MODELS) or a safetensors path")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--no-vgg", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--replot", metavar="JSON", default=None, help="only redraw the .png of an earlier run from its .json")
     args = ap.parse_args(argv)
+    args.weights = str(C.resolve_weights(args.weights))
     if args.replot:
         d = json.load(open(args.replot))
         name = pathlib.Path(args.replot).stem

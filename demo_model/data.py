@@ -3,7 +3,8 @@
 Host-free: imports numpy and torch only.
 
 Videos: ``NUM_FRAMES`` (8) RGB frames of ``FRAME_SIZE`` x ``FRAME_SIZE`` (32 x 32) showing 1-2 moving, rotating
-shapes (circle, square, triangle) of distinct colours on a plain coloured background.
+shapes (circle, square, triangle) of distinct colours on a plain coloured background, arranged by a layout
+(``random_motion``): "nested" for the demo model, "free" for the validation model.
 
 Latents (``encode_frames`` / ``decode_latent``): a fixed, invertible affine map, no VAE and no temporal compression:
 ``pixel_unshuffle(2)`` (3 x 32 x 32 -> 12 x 16 x 16), centre at 0.5, then an orthonormal 12 -> 16 channel map
@@ -240,17 +241,74 @@ def _sdf(shape: str, px: np.ndarray, py: np.ndarray, size: float, theta: float) 
     return d
 
 
-def random_motion(rng: np.random.Generator, n_objects: int) -> list[dict]:
-    """Per object: size, start position, velocity (px/frame, bouncing off the borders), angle, angular speed."""
+LAYOUTS = ("nested", "sides", "free")
+DEFAULT_LAYOUT = "nested"
+
+
+def _first_in_palette(spec: PromptSpec | None) -> bool:
+    """True when the first named object's colour comes before the second's in COLOUR_NAMES (the prompt tokens carry
+    no order, so the layouts place objects by this rank, which the model can read from the tokens)."""
+    return spec is None or COLOUR_NAMES.index(spec.objects[0][0]) < COLOUR_NAMES.index(spec.objects[1][0])
+
+
+def random_motion(rng: np.random.Generator, n_objects: int, layout: str = DEFAULT_LAYOUT,
+                  spec: PromptSpec | None = None) -> list[dict]:
+    """Per object: size, start position, velocity (px/frame, bouncing inside its box), angle, angular speed, and
+    optionally box (x_lo, x_hi, y_lo, y_hi) and layer (drawing order, lowest first; default: prompt order).
+
+    layout "nested" (the demo model's data): objects centred in the frame, drifting slowly, rotating. One object is
+    large; with two, the object whose colour comes first in COLOUR_NAMES is a large shape and the other a small shape
+    inside it. The model has no absolute position input (rotary position embedding only), so a layout that depends
+    only on the distance from the frame centre is the one it learns fastest.
+    layout "sides": two objects left and right of the centre (first colour in COLOUR_NAMES on the left), one object
+    near the centre; slow motion.
+    layout "free" (the validation model's data): sizes 4.5-7.5 anywhere in the frame, speed 0.6-2 px/frame."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     out = []
-    for _ in range(n_objects):
-        size = float(rng.uniform(4.5, 7.5))
+    if layout == "free":
+        for _ in range(n_objects):
+            size = float(rng.uniform(4.5, 7.5))
+            margin = 1.2 * size + 0.5
+            lo, hi = margin, FRAME_SIZE - margin
+            speed, direction = float(rng.uniform(0.6, 2.0)), float(rng.uniform(0, 2 * np.pi))
+            out.append(dict(size=size, x0=float(rng.uniform(lo, hi)), y0=float(rng.uniform(lo, hi)),
+                            vx=speed * np.cos(direction), vy=speed * np.sin(direction),
+                            theta0=float(rng.uniform(0, 2 * np.pi)), omega=float(rng.uniform(-0.4, 0.4))))
+        return out
+    c = FRAME_SIZE / 2
+    if layout == "nested":
+        if n_objects == 1:
+            sizes, layers = [float(rng.uniform(7.5, 9.0))], [0]
+        else:
+            outer, inner = float(rng.uniform(9.5, 10.5)), float(rng.uniform(4.3, 5.0))
+            first = _first_in_palette(spec)
+            sizes, layers = ([outer, inner], [0, 1]) if first else ([inner, outer], [1, 0])
+        x0, y0 = c + float(rng.uniform(-2.0, 2.0)), c + float(rng.uniform(-2.0, 2.0))
+        speed, direction = float(rng.uniform(0.0, 0.3)), float(rng.uniform(0, 2 * np.pi))
+        box = (c - 2.0, c + 2.0, c - 2.0, c + 2.0)
+        for size, layer in zip(sizes, layers):
+            out.append(dict(size=size, x0=x0, y0=y0, vx=speed * np.cos(direction), vy=speed * np.sin(direction),
+                            theta0=float(rng.uniform(0, 2 * np.pi)), omega=float(rng.uniform(-0.25, 0.25)),
+                            box=box, layer=layer))
+        return out
+    if n_objects == 1:
+        slots = [(c, c)]
+    else:
+        slots = [(0.25 * FRAME_SIZE, c), (0.75 * FRAME_SIZE, c)]
+        if not _first_in_palette(spec):
+            slots = slots[::-1]
+    for sx, sy in slots[:n_objects]:
+        size = float(rng.uniform(6.5, 8.0)) if n_objects == 1 else float(rng.uniform(4.8, 5.8))
         margin = 1.2 * size + 0.5
-        lo, hi = margin, FRAME_SIZE - margin
-        speed, direction = float(rng.uniform(0.6, 2.0)), float(rng.uniform(0, 2 * np.pi))
-        out.append(dict(size=size, x0=float(rng.uniform(lo, hi)), y0=float(rng.uniform(lo, hi)),
+        half = 3.0 if n_objects == 1 else 2.0                 # horizontal play around the slot
+        xlo, xhi = max(margin, sx - half), min(FRAME_SIZE - margin, sx + half)
+        ylo, yhi = max(margin, sy - 4.0), min(FRAME_SIZE - margin, sy + 4.0)
+        speed, direction = float(rng.uniform(0.2, 0.7)), float(rng.uniform(0, 2 * np.pi))
+        out.append(dict(size=size, x0=float(rng.uniform(xlo, xhi)), y0=float(rng.uniform(ylo, yhi)),
                         vx=speed * np.cos(direction), vy=speed * np.sin(direction),
-                        theta0=float(rng.uniform(0, 2 * np.pi)), omega=float(rng.uniform(-0.4, 0.4))))
+                        theta0=float(rng.uniform(0, 2 * np.pi)), omega=float(rng.uniform(-0.25, 0.25)),
+                        box=(xlo, xhi, ylo, yhi)))
     return out
 
 
@@ -261,10 +319,12 @@ def render_clip(spec: PromptSpec, motion: list[dict]) -> np.ndarray:
     frames[:] = np.asarray(COLOURS[spec.background])[None, :, None, None]
     grid = np.arange(S) + 0.5
     gy, gx = grid[:, None], grid[None, :]
-    for (colour, shape), m in zip(spec.objects, motion):
+    order = sorted(range(len(motion)), key=lambda k: motion[k].get("layer", k))
+    for (colour, shape), m in ((spec.objects[k], motion[k]) for k in order):
         margin = 1.2 * m["size"] + 0.5
-        xs = _bounce(m["x0"], m["vx"], margin, S - margin)
-        ys = _bounce(m["y0"], m["vy"], margin, S - margin)
+        xlo, xhi, ylo, yhi = m.get("box", (margin, S - margin, margin, S - margin))
+        xs = _bounce(m["x0"], m["vx"], xlo, xhi)
+        ys = _bounce(m["y0"], m["vy"], ylo, yhi)
         rgb = np.asarray(COLOURS[colour])[:, None, None]
         for t in range(T):
             d = _sdf(shape, gx - xs[t], gy - ys[t], m["size"], m["theta0"] + m["omega"] * t)
@@ -273,17 +333,18 @@ def render_clip(spec: PromptSpec, motion: list[dict]) -> np.ndarray:
     return frames.astype(np.float32)
 
 
-def sample_pair(rng: np.random.Generator) -> tuple[PromptSpec, np.ndarray]:
-    """One training pair: a random prompt and a clip [T, 3, 32, 32] matching it, random motion."""
+def sample_pair(rng: np.random.Generator, layout: str = DEFAULT_LAYOUT) -> tuple[PromptSpec, np.ndarray]:
+    """One training pair: a random prompt and a clip [T, 3, 32, 32] matching it, random motion (see random_motion)."""
     spec = random_prompt(rng)
-    return spec, render_clip(spec, random_motion(rng, len(spec.objects)))
+    return spec, render_clip(spec, random_motion(rng, len(spec.objects), layout, spec))
 
 
-def sample_batch(rng: np.random.Generator, batch: int) -> tuple[list, torch.Tensor, torch.Tensor]:
+def sample_batch(rng: np.random.Generator, batch: int,
+                 layout: str = DEFAULT_LAYOUT) -> tuple[list, torch.Tensor, torch.Tensor]:
     """(specs, context [B, 3, 4096], latents [B, 16, 8, 16, 16]) for training."""
     specs, clips = [], []
     for _ in range(batch):
-        spec, clip = sample_pair(rng)
+        spec, clip = sample_pair(rng, layout)
         specs.append(spec)
         clips.append(clip)
     ctx = torch.stack([encode_prompt(s) for s in specs])
@@ -340,3 +401,35 @@ def decode_latent(latent, clamp: bool = True) -> torch.Tensor:
     if clamp:
         x = x.clamp(0.0, 1.0)
     return x[0] if single else x
+
+
+# ----------------------------------------------------------------------------------------------- prompt following
+
+COVERAGE_MAX_DISTANCE = 0.25      # RGB distance (0..1 units) within which a pixel counts as a palette colour
+COVERAGE_MIN_OBJECT = 0.02        # each named object colour covers at least 2 % of the pixels
+COVERAGE_MIN_BACKGROUND = 0.30    # the background colour at least 30 %
+
+
+def colour_coverage(frames, spec: PromptSpec | str) -> dict:
+    """How well frames [T, 3, H, W] (0..1) show the prompt's colours.
+
+    Each pixel is given the nearest palette colour (COLOURS) when it lies within COVERAGE_MAX_DISTANCE of it, else no
+    colour. Returns {"objects": {colour: fraction}, "background": fraction, "pass": bool}: pass when every object
+    colour covers >= COVERAGE_MIN_OBJECT of all pixels (all frames) and the background colour >=
+    COVERAGE_MIN_BACKGROUND."""
+    spec = spec if isinstance(spec, PromptSpec) else parse_prompt(spec)
+    x = torch.as_tensor(frames, dtype=torch.float32)
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"frames must be [T, 3, H, W], got {list(x.shape)}")
+    pix = x.permute(0, 2, 3, 1).reshape(-1, 3)
+    palette = torch.tensor([COLOURS[c] for c in COLOUR_NAMES], dtype=torch.float32)
+    dist = torch.cdist(pix, palette)                                   # [N, 10]
+    d, idx = dist.min(dim=1)
+    idx = torch.where(d <= COVERAGE_MAX_DISTANCE, idx, torch.full_like(idx, -1))
+
+    def frac(name):
+        return float((idx == COLOUR_NAMES.index(name)).float().mean())
+    objects = {c: frac(c) for c, _ in spec.objects}
+    background = frac(spec.background)
+    ok = all(v >= COVERAGE_MIN_OBJECT for v in objects.values()) and background >= COVERAGE_MIN_BACKGROUND
+    return {"objects": objects, "background": background, "pass": bool(ok)}

@@ -28,7 +28,8 @@ if str(REPO) not in sys.path:
 from demo_model import data  # noqa: E402
 
 WEIGHTS = REPO / "demo_model" / "weights" / "sencache_demo_wan.safetensors"
-STATE = REPO / ".dev" / "train_state.pt"
+STATE = REPO / ".dev" / "demo_train_state.pt"
+COMPACT_STATE = REPO / "demo_model" / "weights" / "sencache_demo_wan_train_state.pt"
 
 CONFIG = dict(model_type="t2v", patch_size=(1, 2, 2), text_len=512, in_dim=16, dim=128, ffn_dim=512, freq_dim=256,
               text_dim=4096, out_dim=16, num_heads=1, num_layers=4, window_size=(-1, -1), qk_norm=True,
@@ -69,6 +70,15 @@ def build_model(seed: int):
         left = [n for n, b in model.named_buffers()]
         assert not left, f"unexpected buffers {left}"
     return model
+
+
+def object_mask(specs, x0: torch.Tensor) -> torch.Tensor:
+    """[B, 1, T, 16, 16] float: 1 where a latent position's 2 x 2 pixels show something other than the background."""
+    frames = data.decode_latent(x0)                                                   # [B, T, 3, 32, 32]
+    bg = torch.tensor([data.COLOURS[s.background] for s in specs], dtype=frames.dtype).view(-1, 1, 3, 1, 1)
+    m = ((frames - bg).abs().amax(dim=2) > 0.05).float()                               # [B, T, 32, 32]
+    m = torch.nn.functional.max_pool2d(m.flatten(0, 1)[:, None], 2).view(*m.shape[:2], 16, 16)
+    return m[:, None]
 
 
 def sample_t(g: torch.Generator, n: int, shift: float) -> torch.Tensor:
@@ -168,6 +178,46 @@ def write_sample_grid(weights: str, out_png: str, seed: int = 0):
     print(f"{kind}: sampled {len(SAMPLE_PROMPTS)} prompts x {len(SAMPLE_SETTINGS)} settings in {secs:.1f} s -> {out_png}")
 
 
+def _cast_floats(obj, dtype):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(dtype) if obj.is_floating_point() and obj.ndim > 0 else obj
+    if isinstance(obj, dict):
+        return {k: _cast_floats(v, dtype) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cast_floats(v, dtype) for v in obj)
+    return obj
+
+
+def export_compact(state_path: pathlib.Path, out: pathlib.Path):
+    """The full training state (float32 weights, EMA, AdamW moments: ~28 MB) -> a small file to commit: weights and
+    AdamW moments in bfloat16, no EMA (the committed EMA weights file of the same step holds it), step and history."""
+    st = torch.load(state_path, map_location="cpu", weights_only=False)
+    small = {k: v for k, v in st.items() if k != "ema"}
+    small["model"] = _cast_floats(st["model"], torch.bfloat16)
+    small["opt"] = _cast_floats(st["opt"], torch.bfloat16)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    torch.save(small, tmp)
+    os.replace(tmp, out)
+    print(f"compact state of step {st['step']}: {out} ({out.stat().st_size / 1e6:.1f} MB)")
+
+
+def load_compact(path: pathlib.Path, weights: pathlib.Path) -> dict:
+    """Inverse of export_compact: float32 again, EMA from the weights file (its `steps` metadata must match)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    st = torch.load(path, map_location="cpu", weights_only=False)
+    with safe_open(str(weights), "pt") as f:
+        meta = f.metadata() or {}
+    if int(meta.get("steps", -1)) != int(st["step"]):
+        raise ValueError(f"{path} is of step {st['step']} but {weights} of step {meta.get('steps')}: pass the "
+                         "weights file that was saved with it (--weights)")
+    st["model"] = _cast_floats(st["model"], torch.float32)
+    st["opt"] = _cast_floats(st["opt"], torch.float32)
+    st["ema"] = load_file(str(weights))
+    return st
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=100000, help="stop after this many steps (default: run until killed)")
@@ -176,8 +226,14 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--shift", type=float, default=3.0, help="flow shift applied to the training t distribution")
+    ap.add_argument("--object-weight", type=float, default=1.0,
+                    help="loss weight of latent positions covered by an object (background positions: 1); > 1 makes "
+                         "the model learn the objects' colours and shapes sooner")
     ap.add_argument("--dropout", type=float, default=0.1, help="prompt dropout (zero context) for CFG")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--layout", default=data.DEFAULT_LAYOUT, choices=data.LAYOUTS,
+                    help="training data layout (data.random_motion): 'staged' for the demo model, 'free' for the "
+                         "validation model")
     ap.add_argument("--save-every", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--stop-at", type=float, default=None, help="unix time: save and stop at the next step past it")
@@ -188,6 +244,14 @@ def main(argv=None):
                          "from the file's metadata) when no --state exists, e.g. after the state file was lost")
     ap.add_argument("--anneal", action="store_true",
                     help="decay the learning rate linearly to lr/10 at --steps (instead of keeping it constant)")
+    ap.add_argument("--compact-state", default=str(COMPACT_STATE),
+                    help="the committed small training state: weights and AdamW moments in bfloat16 (the EMA comes "
+                         "from --weights, which must be of the same step)")
+    ap.add_argument("--export-compact", action="store_true",
+                    help="do not train: write --compact-state from --state and exit")
+    ap.add_argument("--resume-compact", action="store_true",
+                    help="when --state does not exist, resume from --compact-state and --weights (another machine "
+                         "or session: same trajectory up to bfloat16 rounding of the optimizer state)")
     ap.add_argument("--samples", default=None, metavar="PNG",
                     help="do not train: load --weights via ComfyUI, sample, write a picture grid to PNG")
     args = ap.parse_args(argv)
@@ -197,6 +261,9 @@ def main(argv=None):
         return
 
     torch.set_num_threads(args.threads)
+    if args.export_compact:
+        export_compact(pathlib.Path(args.state), pathlib.Path(args.compact_state))
+        return
     torch.use_deterministic_algorithms(True)
     from devkit import host
     host.boot(None, load_pack=False)
@@ -213,6 +280,13 @@ def main(argv=None):
         opt.load_state_dict(st["opt"])
         step, elapsed, loss_avg, history = st["step"], st["elapsed"], st["loss_avg"], st["history"]
         print(f"resumed from {state_path} at step {step} ({elapsed / 60:.1f} min so far)", flush=True)
+    elif args.resume_compact:
+        st = load_compact(pathlib.Path(args.compact_state), pathlib.Path(args.weights))
+        model.load_state_dict(st["model"])
+        ema = st["ema"]
+        opt.load_state_dict(st["opt"])
+        step, elapsed, loss_avg, history = st["step"], st["elapsed"], st["loss_avg"], st["history"]
+        print(f"resumed from {args.compact_state} + {args.weights} at step {step}", flush=True)
     elif args.init_from:
         from safetensors import safe_open
         from safetensors.torch import load_file
@@ -225,19 +299,22 @@ def main(argv=None):
         elapsed = float(meta.get("train_minutes", 0.0)) * 60.0
         loss_avg = float(meta["loss"]) if "loss" in meta else None
         print(f"new phase from {args.init_from} (step {step}): fresh optimizer, warm-up {args.warmup}", flush=True)
+    resumed = state_path.exists() or args.resume_compact
+    init_from_name = st.get("init_from", "") if resumed else (pathlib.Path(args.init_from).name if args.init_from else "")
     # the step where the current training phase began (warm-up and --anneal are counted from there)
-    phase_start = st.get("phase_start", 0) if state_path.exists() else step
+    phase_start = st.get("phase_start", 0) if resumed else step
     n_params = sum(p.numel() for p in model.parameters())
     print(f"WanModel {n_params / 1e6:.2f} M params; batch {args.batch}; lr {args.lr}; threads {args.threads}", flush=True)
 
     def checkpoint():
         meta = {
             "sencache_demo": "SenCache demo model (tiny Wan 2.1 T2V) - see demo_model/README.md",
-            "config": json.dumps(CONFIG), "data": DATA_DESCRIPTION, "steps": str(step),
+            "config": json.dumps(CONFIG), "data": DATA_DESCRIPTION, "layout": args.layout, "steps": str(step),
+            "phase_start": str(phase_start), "init_from": init_from_name,
             "loss": f"{loss_avg:.5f}", "seed": str(args.seed), "batch": str(args.batch),
             "train_minutes": f"{elapsed / 60:.1f}", "threads": str(args.threads),
             "objective": "rectified flow, x_t=(1-t)x0+t*eps, v=eps-x0, timestep=1000t (ComfyUI CONST/FLOW)",
-            "weights": f"EMA decay {args.ema}", "lr": str(args.lr), "train_shift": str(args.shift),
+            "weights": f"EMA decay {args.ema}", "object_weight": str(args.object_weight), "lr": str(args.lr), "train_shift": str(args.shift),
             "sampling": "ModelSamplingSD3 shift 8, uni_pc, simple, 30 steps, cfg 6; negative = zeros [1,3,4096]",
             "latent_shape": json.dumps(list(data.LATENT_SHAPE)),
         }
@@ -246,7 +323,7 @@ def main(argv=None):
         tmp = state_path.with_suffix(".tmp")
         torch.save(dict(model=model.state_dict(), ema=ema, opt=opt.state_dict(), step=step, elapsed=elapsed,
                         loss_avg=loss_avg, history=history, args=vars(args),
-                        phase_start=phase_start), tmp)
+                        phase_start=phase_start, init_from=init_from_name), tmp)
         os.replace(tmp, state_path)
         print(f"checkpoint step {step} loss {loss_avg:.4f} -> {args.weights}", flush=True)
 
@@ -260,7 +337,7 @@ def main(argv=None):
         t0 = time.time()
         rng = np.random.default_rng([args.seed, step])        # per-step streams: resuming is exact
         g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        _, ctx, x0 = data.sample_batch(rng, args.batch)
+        specs, ctx, x0 = data.sample_batch(rng, args.batch, args.layout)
         drop = torch.rand(args.batch, generator=g) < args.dropout
         ctx = torch.where(drop[:, None, None], torch.zeros_like(ctx), ctx)
         t = sample_t(g, args.batch, args.shift)
@@ -268,7 +345,11 @@ def main(argv=None):
         tt = t.view(-1, 1, 1, 1, 1)
         xt = (1 - tt) * x0 + tt * eps
         v = model(xt, t * 1000.0, ctx)
-        loss = torch.nn.functional.mse_loss(v, eps - x0)
+        if args.object_weight != 1.0:
+            w = 1.0 + (args.object_weight - 1.0) * object_mask(specs, x0)
+            loss = (w * (v - (eps - x0)) ** 2).mean() / w.mean()
+        else:
+            loss = torch.nn.functional.mse_loss(v, eps - x0)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.lr, args.warmup, phase_start, args.steps if args.anneal else None)
         opt.zero_grad(set_to_none=True)

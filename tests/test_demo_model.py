@@ -64,6 +64,52 @@ def test_data_is_deterministic_and_roughly_unit_scale():
     assert 0.3 < lat1.std().item() < 1.5 and abs(lat1.mean().item()) < 0.3
 
 
+def test_layouts_place_objects_by_colour_order():
+    """The prompt tokens carry no order, so the layouts place two objects by their colour's rank in COLOUR_NAMES,
+    whatever order the prompt names them in. nested (the demo model's data): the first colour is the large outer
+    shape, drawn first, the other a small shape inside it, all near the centre. sides: the first colour on the left."""
+    for text in ("red circle and blue square on green", "blue square and red circle on green"):
+        spec = data.parse_prompt(text)
+        by_colour = {c: m for (c, _), m in zip(spec.objects, data.random_motion(np.random.default_rng(1), 2,
+                                                                                  "nested", spec))}
+        red, blue = by_colour["red"], by_colour["blue"]
+        assert red["size"] > 2 * blue["size"] and red["layer"] < blue["layer"], text
+        assert (red["x0"], red["y0"]) == (blue["x0"], blue["y0"])
+        assert abs(red["x0"] - data.FRAME_SIZE / 2) <= 2.0 and abs(red["y0"] - data.FRAME_SIZE / 2) <= 2.0
+        clip = data.render_clip(spec, list(by_colour.values()) if spec.objects[0][0] == "red"
+                                else [by_colour["blue"], by_colour["red"]])
+        centre = clip[0, :, 16, 16]                                   # the small blue square is on top
+        assert np.abs(centre - np.asarray(data.COLOURS["blue"])).max() < 1e-6
+        sides = {c: m["x0"] for (c, _), m in zip(spec.objects, data.random_motion(np.random.default_rng(1), 2,
+                                                                                   "sides", spec))}
+        assert sides["red"] < data.FRAME_SIZE / 2 < sides["blue"], (text, sides)
+    one = data.random_motion(np.random.default_rng(2), 1, "nested", data.parse_prompt("white square on black"))[0]
+    assert abs(one["x0"] - data.FRAME_SIZE / 2) <= 2.0 and one["size"] >= 7.5
+    with pytest.raises(ValueError, match="layout"):
+        data.random_motion(np.random.default_rng(0), 1, "diagonal")
+
+
+def test_colour_coverage_on_training_clips_and_failures():
+    """The prompt-following metric: rendered training clips pass it; the wrong background, a missing object or
+    off-palette pixels fail it."""
+    for i in range(20):
+        spec, clip = data.sample_pair(np.random.default_rng(100 + i), layout=("nested", "sides")[i % 2])
+        cov = data.colour_coverage(clip, spec)
+        assert cov["pass"], (spec.text(), cov)
+        assert set(cov["objects"]) == {c for c, _ in spec.objects}
+        assert 0.30 <= cov["background"] < 1.0
+    spec = data.parse_prompt("red circle and blue square on green")
+    flat = torch.tensor(data.COLOURS["green"]).view(1, 3, 1, 1).expand(8, 3, 32, 32)
+    cov = data.colour_coverage(flat, spec)
+    assert not cov["pass"] and cov["background"] == 1.0 and cov["objects"] == {"red": 0.0, "blue": 0.0}
+    wrong_bg = data.colour_coverage(flat, "red circle and blue square on white")
+    assert wrong_bg["background"] == 0.0 and not wrong_bg["pass"]
+    grey_mud = torch.full((8, 3, 32, 32), 0.3)                    # no palette colour within the distance
+    assert data.colour_coverage(grey_mud, spec)["background"] == 0.0
+    with pytest.raises(ValueError, match="frames"):
+        data.colour_coverage(torch.zeros(3, 32, 32), spec)
+
+
 def test_parse_prompt():
     spec = data.parse_prompt("Red circle and blue square on green")
     assert spec.objects == (("red", "circle"), ("blue", "square")) and spec.background == "green"
@@ -154,3 +200,35 @@ def test_decode_node_inverts_comfy_latent_convention(demo_nodes):
     assert (img - torch.from_numpy(clip).movedim(1, -1)).abs().max().item() < 1e-4
     big = demo_nodes.SenCacheDemoDecode.execute({"samples": ksampler_latent}, 4).result[0]
     assert big.shape == (8, 128, 128, 3) and torch.equal(big[:, ::4, ::4], img)
+
+
+def test_compact_training_state_round_trip(tmp_path):
+    """The committed small training state: bfloat16 weights + AdamW moments, EMA from the weights file of the same
+    step; a mismatched step is refused."""
+    from safetensors.torch import save_file
+    from demo_model import train
+    net = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    net(torch.randn(5, 4)).square().mean().backward()
+    opt.step()
+    ema = {k: v.detach().clone() * 0.5 for k, v in net.state_dict().items()}
+    full = tmp_path / "state.pt"
+    torch.save(dict(model=net.state_dict(), ema=ema, opt=opt.state_dict(), step=7, elapsed=1.0, loss_avg=0.1,
+                    history=[(7, 0.1)], args={}, phase_start=0, init_from=""), full)
+    weights = tmp_path / "w.safetensors"
+    save_file(ema, str(weights), metadata={"steps": "7"})
+    compact = tmp_path / "compact.pt"
+    train.export_compact(full, compact)
+    st = train.load_compact(compact, weights)
+    assert st["step"] == 7 and st["history"] == [(7, 0.1)]
+    for k, v in net.state_dict().items():
+        assert st["model"][k].dtype == torch.float32 and torch.allclose(st["model"][k], v, rtol=1e-2, atol=1e-6)
+        assert torch.equal(st["ema"][k], ema[k])
+    net2 = torch.nn.Linear(4, 3)
+    opt2 = torch.optim.AdamW(net2.parameters(), lr=1e-3)
+    opt2.load_state_dict(st["opt"])
+    m_ref = opt.state_dict()["state"][0]["exp_avg"]
+    assert torch.allclose(opt2.state_dict()["state"][0]["exp_avg"], m_ref, rtol=1e-2, atol=1e-8)
+    save_file(ema, str(weights), metadata={"steps": "8"})
+    with pytest.raises(ValueError, match="step 7"):
+        train.load_compact(compact, weights)

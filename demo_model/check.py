@@ -1,0 +1,108 @@
+"""Does the demo model draw what the prompt asks for? Colour coverage of uncached samples made with ComfyUI's sampler.
+
+    .dev/venv/bin/python -m demo_model.check                       # the demo weights, 8 samples, both settings
+    .dev/venv/bin/python -m demo_model.check --weights demo_model/weights/sencache_demo_wan_validation.safetensors
+
+Samples: the 4 prompts of train.SAMPLE_PROMPTS x seeds 0, 1 (prompt-major), latent [1, 16, 8, 16, 16], scheduler
+simple, 30 steps, ModelSamplingSD3 shift 8, sampler uni_pc, at CFG 6 (the demo template) and at CFG 1. A sample
+passes when each named object colour covers >= 2 % of the pixels and the background colour >= 30 %
+(data.colour_coverage); a setting passes when >= 6 of 8 samples pass. Exit status 0 when every setting passes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import tempfile
+import time
+
+import torch
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from demo_model import data  # noqa: E402
+from demo_model import train  # noqa: E402
+
+SETTINGS = {
+    "template": dict(sampler_name="uni_pc", scheduler="simple", steps=30, cfg=6.0, shift=8.0),
+    "cfg1": dict(sampler_name="uni_pc", scheduler="simple", steps=30, cfg=1.0, shift=8.0),
+}
+SEEDS = (0, 1)
+MIN_PASSING = 6
+
+
+def sample_list(n: int) -> list[tuple[str, int]]:
+    pairs = [(p, s) for p in train.SAMPLE_PROMPTS for s in SEEDS]
+    if not 1 <= n <= len(pairs):
+        raise ValueError(f"--samples must be 1..{len(pairs)}, got {n}")
+    return pairs[:n]
+
+
+def run_check(model_patcher, n_samples: int = 8, settings=tuple(SETTINGS)) -> dict:
+    """{setting: {"samples": [{prompt, seed, objects, background, pass}], "passed": k, "pass": bool}}."""
+    import comfy.latent_formats
+    out = {}
+    for name in settings:
+        st = SETTINGS[name]
+        rows = []
+        for prompt, seed in sample_list(n_samples):
+            lat = train.comfy_sample(model_patcher, [prompt], seed=seed, **st)
+            frames = data.decode_latent(comfy.latent_formats.Wan21().process_in(lat))[0]
+            cov = data.colour_coverage(frames, prompt)
+            rows.append(dict(prompt=prompt, seed=seed, **cov))
+        passed = sum(r["pass"] for r in rows)
+        need = min(MIN_PASSING, len(rows))
+        out[name] = dict(settings=st, samples=rows, passed=passed, needed=need, **{"pass": passed >= need})
+    return out
+
+
+def format_report(result: dict, weights: str) -> str:
+    lines = [f"colour coverage of uncached samples, weights {weights}",
+             f"(object colour >= {data.COVERAGE_MIN_OBJECT:.0%}, background >= {data.COVERAGE_MIN_BACKGROUND:.0%}; "
+             f"pixel = palette colour within RGB distance {data.COVERAGE_MAX_DISTANCE})"]
+    for name, r in result.items():
+        st = r["settings"]
+        lines.append(f"\n[{name}] {st['sampler_name']}, {st['scheduler']}, {st['steps']} steps, cfg {st['cfg']:g}, "
+                     f"shift {st['shift']:g}")
+        for s in r["samples"]:
+            objs = ", ".join(f"{c} {v:6.1%}" for c, v in s["objects"].items())
+            bg = data.parse_prompt(s["prompt"]).background
+            lines.append(f"  {'PASS' if s['pass'] else 'fail'}  seed {s['seed']}  {s['prompt']:<40} "
+                         f"{objs:<32} bg {bg} {s['background']:6.1%}")
+        lines.append(f"  -> {r['passed']}/{len(r['samples'])} samples pass (need {r['needed']}): "
+                     f"{'BAR MET' if r['pass'] else 'bar not met'}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights", default=str(train.WEIGHTS))
+    ap.add_argument("--samples", type=int, default=8, help="prompt x seed samples (1..8)")
+    ap.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated, from {list(SETTINGS)}")
+    ap.add_argument("--json", default=None, metavar="PATH", help="also write the numbers as JSON")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    settings = [s.strip() for s in args.settings.split(",") if s.strip()]
+    bad = [s for s in settings if s not in SETTINGS]
+    if bad or not settings:
+        ap.error(f"unknown setting(s) {bad}; choose from {list(SETTINGS)}")
+    sample_list(args.samples)
+    torch.set_num_threads(args.threads)
+    from devkit import host
+    host.boot(tempfile.mkdtemp(prefix="sencache_check_"), load_pack=False)
+    import comfy.sd
+    mp = comfy.sd.load_diffusion_model(args.weights)
+    t0 = time.time()
+    result = run_check(mp, args.samples, settings)
+    print(format_report(result, args.weights))
+    print(f"({time.time() - t0:.0f} s)")
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(dict(weights=args.weights, result=result), indent=1))
+    return 0 if all(r["pass"] for r in result.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
