@@ -254,19 +254,19 @@ def ltx2(info) -> dict:
     te = g.node("DualCLIPLoader", (0, 130), clip_name1="gemma_3_12B_it_fp4_mixed.safetensors",
                 clip_name2="ltx-2-19b-embeddings_connector_dev_bf16.safetensors", type="ltxv", device="default")
     vae = g.node("VAELoader", (0, 320), vae_name="LTX2_video_vae_bf16.safetensors")
-    pos = g.node("CLIPTextEncode", (360, 0), (400, 180), title="CLIP Text Encode (Positive Prompt)",
+    pos = g.node("CLIPTextEncode", (360, 0), (300, 180), title="CLIP Text Encode (Positive Prompt)",
                  text="A street drummer plays on an upturned bucket at dusk, passers-by clap along, neon signs flicker.")
-    neg = g.node("CLIPTextEncode", (360, 210), (400, 180), title="CLIP Text Encode (Negative Prompt)",
+    neg = g.node("CLIPTextEncode", (360, 210), (300, 180), title="CLIP Text Encode (Negative Prompt)",
                  text="low quality, worst quality, deformed, distorted, disfigured, motion smear, motion artifacts")
     cond = g.node("LTXVConditioning", (360, 420), frame_rate=25.0)
     lat = g.node("EmptyLTXVLatentVideo", (0, 450), width=768, height=512, length=97, batch_size=1)
-    cal = g.node("SenCacheCalibrator", (800, 0), (340, 0), color=SC, seed=0, steps=20, cfg=4.0, sampler_name="euler",
+    cal = g.node("SenCacheCalibrator", (690, 0), (340, 0), color=SC, seed=0, steps=20, cfg=4.0, sampler_name="euler",
                  scheduler="simple", runs=1, denoise=1.0, save_as="ltx2_t2v")
-    sc = g.node("SenCacheApply", (1180, 0), color=SC)
-    ks = g.node("KSampler", (1540, 0), seed=42, steps=20, cfg=4.0, sampler_name="euler", scheduler="simple", denoise=1.0)
-    dec = g.node("VAEDecode", (1900, 0), (220, 80))
-    cv = g.node("CreateVideo", (1900, 120), (220, 100), fps=25.0)
-    sv = g.node("SaveVideo", (1900, 260), (300, 140), filename_prefix="video/sencache_ltx2")
+    sc = g.node("SenCacheApply", (1060, 0), color=SC)
+    ks = g.node("KSampler", (1430, 0), seed=42, steps=20, cfg=4.0, sampler_name="euler", scheduler="simple", denoise=1.0)
+    dec = g.node("VAEDecode", (1430, 330), (220, 80))
+    cv = g.node("CreateVideo", (1430, 450), (220, 100), fps=25.0)
+    sv = g.node("SaveVideo", (1680, 330), (300, 140), filename_prefix="video/sencache_ltx2")
     g.link(te, 0, pos, "clip"); g.link(te, 0, neg, "clip")
     g.link(pos, 0, cond, "positive"); g.link(neg, 0, cond, "negative")
     g.link(unet, 0, cal, "model"); g.link(cond, 0, cal, "positive"); g.link(cond, 1, cal, "negative")
