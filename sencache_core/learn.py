@@ -41,7 +41,7 @@ largest eigenvalue of the weighted Gram matrix) lets the data split α_x from α
 (different gaps, seeds, prompts) and splits the prediction evenly between the two terms where they do not. The
 split is then rescaled so the weighted mean prediction equals the weighted mean observation: the ridge only chooses
 the split, never the size. (Calibrated profiles of the demo model have the two terms about equal along the
-trajectory, METHOD.md §3's on-trajectory estimator.)
+trajectory, docs/METHOD.md §3's on-trajectory estimator.)
 `dx_per_sigma` (budget mode's simulation) is the kernel-weighted mean ‖Δx‖/|Δσ| of the gap-1 pairs.
 
 Note on ε (free estimator). The Calibrator's α come from two separately measured parts of the output change, whose norms add up to at

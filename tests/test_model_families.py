@@ -72,7 +72,8 @@ def test_unknown_model_class_is_named_and_the_generic_path_works(sc, host, hunyu
     _, prof = sc.calibrate.calibrate(hunyuan, pos, neg, {"samples": lat}, 0, STEPS, 4.0, "euler", "simple", 1)
     Apply = host.NODE_CLASS_MAPPINGS["SenCacheApply"]
     args = dict(eps_start=0.0, eps_switch_percent=0.2, max_consecutive_reuse=2, reuse_start_percent=0.0,
-                reuse_end_percent=1.0, protect_final_step=True, use_high_percentile=False, reuse_mode="output")
+                reuse_end_percent=1.0, protect_final_step=True, use_high_percentile=False, reuse_mode="output",
+                target_speedup=0.0)
     with caplog.at_level(logging.WARNING, logger="SenCache"):
         out = Apply.execute(model=hunyuan, profile=prof, eps_main=0.0, **args)
     ui_text = " ".join(out.ui["text"])
