@@ -119,6 +119,9 @@ class Stream:
     cache_sigma: dict = field(default_factory=dict)  # cond key -> σ of its cached parts
     previous: dict = field(default_factory=dict)     # cond key -> (σ, parts) computed before them (extrapolation)
     unchecked: dict = field(default_factory=dict)    # cond key -> device bool: its cached parts are all finite
+    out_is_list: bool = False                        # the model returned a list (reused outputs do the same)
+    batch: tuple | None = None                       # (cond keys, parts) of the last computed call, whose rows
+                                                     # the cache entries of those keys are (None once one is dropped)
     saw_uncond: bool = False
     eval_id: int = -1
     served: set = field(default_factory=set)
@@ -173,7 +176,7 @@ class RunState:
     @torch.compiler.disable   # decisions stay outside a torch.compile'd graph; the model call itself does not
     def before_call(self, x, to: dict):
         """Decide (once per evaluation and stream). Returns (reused output, None) or (None, PendingCall)."""
-        parts, is_list = as_parts(x)
+        parts, _ = as_parts(x)
         keys = list(to.get("uuids") or [None])
         cou = list(to.get("cond_or_uncond") or [])
         names = [("uncond" if c == 1 else "cond") if c in (0, 1) else str(u)
@@ -190,7 +193,7 @@ class RunState:
         if record.reuse and self._cache_usable(stream, keys, parts):
             out = self.reused_output(stream, keys, record.sigma, parts)
             record.reused_conds.extend(names)
-            return (out if is_list else out[0]), None
+            return (out if stream.out_is_list else out[0]), None
         return None, PendingCall(stream, record, keys, names, self._clock_start(parts[0]))
 
     def _stream(self, to: dict) -> Stream:
@@ -217,6 +220,7 @@ class RunState:
             stream.cache.clear()
             stream.previous.clear()
             stream.unchecked.clear()
+            stream.batch = None
             stream.policy_state, ref = PolicyState(), None
         state = stream.policy_state
         want_dx = ref is not None and policy.needs_dx(state, None, False, self._cache_usable(stream, keys, parts))
@@ -259,6 +263,7 @@ class RunState:
         dx = out[1] if x_lat is not None else None
         for (k, _), ok in zip(flags, out[2:] if x_lat is not None else out[1:]):
             if not ok:                                # never reuse non-finite values: the next step recomputes
+                stream.batch = None
                 stream.cache.pop(k, None)
                 stream.cache_sigma.pop(k, None)
                 stream.previous.pop(k, None)
@@ -269,19 +274,23 @@ class RunState:
         return self.mode == "output_extrapolated" and not stream.saw_uncond
 
     def reused_output(self, stream: Stream, keys: list, sigma: float, parts: list) -> list:
-        """The reused output, part by part (the cached tensor itself for a single cond in output mode: ComfyUI
-        reads model outputs and never writes into them)."""
+        """The reused output, part by part. Without extrapolation it is the cached tensor itself where it can be (the
+        call has the conds of the computed one, or a single cond): ComfyUI reads model outputs, never writes them."""
         extra = self.keeps_previous(stream) and all(
             k in stream.previous and [t.shape for t in stream.previous[k][1]] == [t.shape for t in stream.cache[k]]
             for k in keys)
+        whole = not extra and stream.batch is not None and stream.batch[0] == tuple(keys)
         out = []
         for j in range(len(stream.cache[keys[0]])):
-            if extra:
-                pieces = [extrapolate(stream.previous[k][1][j], stream.previous[k][0], stream.cache[k][j],
-                                      stream.cache_sigma[k], sigma) for k in keys]
+            if whole:                                 # the cached batch as it is: no concatenation
+                o = stream.batch[1][j]
             else:
-                pieces = [stream.cache[k][j] for k in keys]
-            o = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
+                if extra:
+                    pieces = [extrapolate(stream.previous[k][1][j], stream.previous[k][0], stream.cache[k][j],
+                                          stream.cache_sigma[k], sigma) for k in keys]
+                else:
+                    pieces = [stream.cache[k][j] for k in keys]
+                o = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
             if self.mode == "output_minus_input":
                 o = o + parts[j][:, :o.shape[1]]
             out.append(o)
@@ -295,36 +304,40 @@ class RunState:
         if self.plan.no_reuse_reason is not None:
             return
         x_parts, _ = as_parts(x)
-        out_parts, _ = as_parts(out)
-        if len(out_parts) != len(x_parts) or any(o.shape[0] != p.shape[0] for o, p in zip(out_parts, x_parts)):
+        out_parts, out_is_list = as_parts(out)
+        if len(out_parts) > len(x_parts) or any(o.shape[0] != p.shape[0] for o, p in zip(out_parts, x_parts)):
             return
-        self.store_computed(call, x_parts, out_parts)
+        call.stream.out_is_list = out_is_list
+        self.store_computed(call, x_parts[:len(out_parts)], out_parts)
 
     def store_computed(self, call: PendingCall, x_parts: list, out_parts: list) -> None:
+        """One copy of the call's whole output per part (minus the input in output_minus_input mode); each cond's
+        cache entry is a view of its rows, and the batch itself is kept for a reuse by a call with the same conds."""
         stream, n = call.stream, len(call.keys)
         keep = self.keeps_previous(stream)
+        full = []
+        for o, xp in zip(out_parts, x_parts):
+            if self.mode == "output_minus_input":
+                full.append((o - xp[:, :o.shape[1]]).detach())
+            else:
+                full.append(o.detach().clone())
         for i, k in enumerate(call.keys):
-            entry = []
-            for o, xp in zip(out_parts, x_parts):
-                per = o.shape[0] // n
-                part = o[i * per:(i + 1) * per]
-                if self.mode == "output_minus_input":
-                    entry.append((part - xp[i * per:(i + 1) * per, :part.shape[1]]).detach())
-                else:
-                    entry.append(part.detach().clone())
+            entry = tuple(f[i * (f.shape[0] // n):(i + 1) * (f.shape[0] // n)] for f in full)
             if keep and k in stream.cache:
                 stream.previous[k] = (stream.cache_sigma[k], stream.cache[k])
-            stream.cache[k] = tuple(entry)
+            stream.cache[k] = entry
             stream.cache_sigma[k] = call.record.sigma
-            flags = [torch.isfinite(t).all() for t in entry]
-            stream.unchecked[k] = flags[0] if len(flags) == 1 else torch.stack(flags).all()
+            # finite iff the float32 sum is (NaN and ±inf propagate): a reduction, no mask, no host transfer here
+            sums = [torch.isfinite(t.sum(dtype=torch.float32)) for t in entry]
+            stream.unchecked[k] = sums[0] if len(sums) == 1 else torch.stack(sums).all()
+        stream.batch = (tuple(call.keys), tuple(full))
 
     @staticmethod
     def _cache_usable(stream: Stream, keys: list, parts: list) -> bool:
         """Every cond of this call has cached parts of matching batch and spatial shape on the inputs' devices."""
         for k in keys:
             c = stream.cache.get(k)
-            if c is None or len(c) != len(parts):
+            if c is None or len(c) > len(parts):
                 return False
             for t, p in zip(c, parts):
                 if t.shape[0] != p.shape[0] // len(keys) or t.shape[2:] != p.shape[2:] or t.device != p.device:
@@ -360,6 +373,7 @@ class RunState:
             s.cache.clear()
             s.previous.clear()
             s.unchecked.clear()
+            s.batch = None
             s.x_ref = None
         self.streams.clear()
 

@@ -12,10 +12,6 @@ from devkit import sampling, tiny_ltxav
 
 pytestmark = needs_host((0, 18), "LTX-2 is ComfyUI's LTXAV class")
 STEPS, CFG = 6, 3.0
-# Until nodes/runtime.py and nodes/calibrate.py handle list inputs, SenCache and the Calibrator fail on LTXAV with
-# exactly this error ("'list' object has no attribute 'shape'"); any other failure still fails the test.
-NEEDS_LIST_HANDLING = pytest.mark.xfail(raises=AttributeError, strict=False,
-                                        reason="SenCache/Calibrator list handling for LTXAV not merged yet")
 
 
 def settings(sc, eps=0.3, eps_start=None, k=3, **kw):
@@ -43,17 +39,26 @@ def same(a, b) -> bool:
 
 
 class ForwardCounter:
-    """Counts the diffusion model's real forward passes (a torch hook: sees what SenCache lets through)."""
+    """Counts the diffusion model's real forward passes: a torch hook on its first transformer block, which runs
+    only when the model does (the model's own __call__ also happens for evaluations SenCache reuses, as the
+    DIFFUSION_MODEL wrapper sits inside its forward); records how many parts each call's input had."""
     def __init__(self, model):
         self.calls, self.inputs = 0, []
-        self.handle = model.model.diffusion_model.register_forward_hook(self._hook)
+        dm = model.model.diffusion_model
+        self.handles = [dm.transformer_blocks[0].register_forward_hook(self._block),
+                        dm.register_forward_pre_hook(self._outer)]
+        self._parts = None
 
-    def _hook(self, module, args, out):
+    def _outer(self, module, args):
+        self._parts = len(args[0]) if isinstance(args[0], (list, tuple)) else None
+
+    def _block(self, module, args, out):
         self.calls += 1
-        self.inputs.append(len(args[0]) if isinstance(args[0], (list, tuple)) else None)
+        self.inputs.append(self._parts)
 
     def close(self):
-        self.handle.remove()
+        for h in self.handles:
+            h.remove()
 
 
 _PROFILES = {}
@@ -88,7 +93,6 @@ def test_tiny_ltxav_loads_as_ltx2_and_takes_lists(ltx2):
     assert seen == [(1, "Tensor")] * 2 + [(2, "list")] * 2
 
 
-@NEEDS_LIST_HANDLING
 @pytest.mark.parametrize("kind", ["video", "av"])
 def test_eps_zero_is_bit_identical(sc, ltx2, kind):
     pos, neg = tiny_ltxav.conds(2)
@@ -99,7 +103,6 @@ def test_eps_zero_is_bit_identical(sc, ltx2, kind):
     assert holder.last_trace.computed == STEPS and holder.last_trace.reused == 0
 
 
-@NEEDS_LIST_HANDLING
 @pytest.mark.parametrize("kind", ["video", "av"])
 def test_reuse_covers_every_part_together(sc, ltx2, kind):
     """With a generous ε evaluations are reused; a reused evaluation skips the model for all parts (no forward
@@ -120,7 +123,6 @@ def test_reuse_covers_every_part_together(sc, ltx2, kind):
     assert all(torch.isfinite(p).all() for p in parts(out)) and not same(out, ref)
 
 
-@NEEDS_LIST_HANDLING
 def test_calibrator_node_then_sencache_node_then_sampler(sc, host, ltx2):
     """The graph Calibrator → SenCache → KSampler through the node classes as ComfyUI executes them."""
     pos, neg = tiny_ltxav.conds(4)
@@ -138,5 +140,8 @@ def test_calibrator_node_then_sencache_node_then_sampler(sc, host, ltx2):
                                 protect_final_step=True, use_high_percentile=False, reuse_mode="output").args[0]
         out = KSampler().sample(patched, 5, STEPS, CFG, "euler", "simple", pos, neg, lat, denoise=1.0)[0]["samples"]
     assert [p.shape for p in out.unbind()] == [(1, 128, 2, 4, 4), (1, 8, 5, 16)]
-    holder = patched.model_options["transformer_options"][sc.runtime.KEY]
+    holder = sc.runtime.find_holder(patched)
     assert holder.last_trace.reused > 0 and holder.last_trace.computed + holder.last_trace.reused == STEPS
+    # the Visualizer reads the run's trace (never its tensors): it plots an LTX-2 run as any other
+    vis = host.NODE_CLASS_MAPPINGS["SenCacheVisualizer"].execute(model=patched, latent={"samples": out})
+    assert vis.args[0].shape[0] == 1 and f"computed {holder.last_trace.computed}/{STEPS}" in vis.args[1]

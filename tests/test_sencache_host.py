@@ -60,6 +60,15 @@ def test_nodes_registered(host):
                 assert spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
 
 
+def test_shipped_nodes_import_no_training_or_devkit_code(pack, sc):
+    """Every node module is imported as ComfyUI loads the pack (no optional loading); none of them pulls in the demo
+    model's training script or the devkit."""
+    import sys
+    loaded = {m for m in sys.modules if m.startswith(pack.__name__ + ".")}
+    assert {f"{pack.__name__}.nodes.{n}" for n in ("visualize", "demo", "plotting", "ui_events")} <= loaded
+    assert not any(m.endswith(".demo_model.train") or ".devkit" in m for m in loaded)
+
+
 @pytest.mark.parametrize("sampler", ["euler", "uni_pc"])
 def test_eps_zero_is_bit_identical_wan_batched(sc, wan, conds, wan_profile, sampler):
     ref = sampling.sample(wan, *conds, sampling.wan_latent(), seed=3, sampler_name=sampler)
@@ -67,6 +76,9 @@ def test_eps_zero_is_bit_identical_wan_batched(sc, wan, conds, wan_profile, samp
     out = sampling.sample(m, *conds, sampling.wan_latent(), seed=3, sampler_name=sampler)
     assert torch.equal(out, ref)
     assert holder.last_trace.reused == 0 and holder.last_trace.computed == 8
+    # the plan knows nothing can be reused: no Δx measured, nothing cached
+    assert holder.last_trace.config["no_reuse_reason"] == "ε is 0"
+    assert all(s.dx is None and s.score is None for s in holder.last_trace.steps)
     # both conds went through one batched call per step
     assert all(sorted(s.computed_conds) == ["cond", "uncond"] for s in holder.last_trace.steps)
 
@@ -170,6 +182,18 @@ def test_calibrator_alpha_equals_direct_finite_difference(sc, wan, conds):
             assert prof.sigmas[j] == pytest.approx(s0, abs=1e-6)
             assert prof.alpha_x[j] == pytest.approx(ax, rel=1e-4) and prof.alpha_t[j] == pytest.approx(at, rel=1e-4)
     assert prof.sigmas.size == 5 and prof.metadata["sampler"] == "euler" and prof.metadata["runs"] == 1
+
+
+def test_calibrator_extra_pass_runs_on_the_cond_rows_only(sc, wan, conds):
+    """With CFG the sampler's calls carry cond + uncond (batch 2); the calibrator's extra pass carries the cond row."""
+    batches = []
+    block = wan.model.diffusion_model.blocks[0]       # sees every forward, the wrapped ones included
+    handle = block.register_forward_pre_hook(lambda mod, args: batches.append(args[0].shape[0]))
+    try:
+        sc.calibrate.calibrate(wan, *conds, {"samples": sampling.wan_latent()}, 0, 5, 5.0, "euler", "simple", 1)
+    finally:
+        handle.remove()
+    assert batches == [2] + [2, 1] * 4          # 5 sampler calls; an extra pass from the second on
 
 
 def test_split_sampling_two_experts_and_denoise(sc, tiny, wan, conds, wan_profile):
@@ -289,45 +313,6 @@ def test_profile_save_load_nodes_and_path_safety(sc, host, wan_profile, comfy_ba
     assert np.array_equal(out.args[0].alpha_t, wan_profile.alpha_t)
 
 
-def test_cogvideox_call_convention_stand_in(sc, wan_profile):
-    """CogVideoX is native in ComfyUI only after 0.3.75, so it cannot load here. This stand-in follows its call
-    convention forward(x, timestep, context, ofs=None, transformer_options={}) — transformer_options is args[4],
-    x carries 16 noisy + 16 concatenated channels, the output has 16 — and drives the pack's own
-    DIFFUSION_MODEL / CALC_COND_BATCH wrappers as ComfyUI's sampler would."""
-    import comfy.patcher_extension as pe
-    calls = []
-
-    def cog_forward(x, timestep, context, ofs=None, transformer_options={}, **kwargs):
-        calls.append(x.shape)
-        return x[:, :16] * 0.5 + timestep.view(-1, 1, 1, 1, 1) * 1e-3 + context.mean()
-
-    holder = sc.runtime.SenCacheHolder(wan_profile, settings(sc, eps=0.0), latent_channels=16)
-
-    class MS:
-        @staticmethod
-        def percent_to_sigma(p):
-            return 1.0 - p
-    sigmas = torch.tensor([1.0, 0.8, 0.6, 0.4, 0.0])
-    outs = {}
-    for eps in (0.0, 10.0):
-        holder.settings.eps_main = holder.settings.eps_start = eps
-        run = sc.runtime.RunState(holder, MS, sigmas)
-        res = []
-        for s in sigmas[:-1]:
-            run.begin_evaluation()
-            x = torch.cat([torch.full((2, 16, 2, 4, 4), float(s)), torch.ones(2, 16, 2, 4, 4)], dim=1)
-            to = {"sencache_run": run, "sigmas": s.view(1), "uuids": ["u", "c"], "cond_or_uncond": [1, 0]}
-            ex = pe.WrapperExecutor.new_executor(cog_forward, [sc.runtime.diffusion_model_wrapper])
-            res.append(ex.execute(x, s.view(1).repeat(2) * 1000, torch.zeros(2, 3, 8), None, to))
-        outs[eps] = (res, run.trace)
-    plain = [cog_forward(torch.cat([torch.full((2, 16, 2, 4, 4), float(s)), torch.ones(2, 16, 2, 4, 4)], 1), s.view(1).repeat(2) * 1000,
-                         torch.zeros(2, 3, 8)) for s in sigmas[:-1]]
-    assert all(torch.equal(a, b) for a, b in zip(outs[0.0][0], plain))
-    tr = outs[10.0][1]
-    assert [s.reuse for s in tr.steps] == [False, True, True, False]       # final step protected
-    assert torch.equal(outs[10.0][0][1], plain[0]) and all(o.shape[1] == 16 for o in outs[10.0][0])
-
-
 def test_budget_mode_derives_eps_for_a_target_speedup(sc, wan, conds, wan_profile):
     counts = {}
     for speed, k_in in ((1.0, 3), (2.0, 3), (2.5, 3), (2.51, 2)):
@@ -403,3 +388,47 @@ def test_output_extrapolated_applies_only_without_cfg(sc, wan, conds, wan_profil
     assert torch.isfinite(extra).all() and not torch.equal(extra, plain)
     first = next(i for i, s in enumerate(tr_plain.steps) if s.reuse)
     assert [s.reuse for s in tr_extra.steps[:first + 1]] == [s.reuse for s in tr_plain.steps[:first + 1]]
+
+
+@pytest.mark.parametrize("with_audio", [True, False])
+def test_list_inputs_one_decision_for_all_parts(sc, wan_profile, with_audio):
+    """LTX-2's call convention with a stand-in model: the diffusion model gets [video, audio] and returns
+    [video, audio] (or gets [video] and returns the video tensor). One decision per evaluation covers every part,
+    reuse returns every part in the form the model returned them, Δx is measured on the video part."""
+    import comfy.patcher_extension as pe
+    calls = []
+
+    def av_forward(x, timestep, context, transformer_options={}, **kwargs):
+        calls.append(len(x))
+        v = x[0][:, :16] * 0.5 + timestep.view(-1, 1, 1, 1, 1) * 1e-3 + context.mean()
+        return [v, x[1] * 0.25 + 1.0] if len(x) > 1 else v
+
+    holder = sc.runtime.SenCacheHolder(wan_profile, settings(sc, eps=10.0, k=2, reuse_mode="output"), latent_channels=16)
+
+    class MS:
+        @staticmethod
+        def percent_to_sigma(p):
+            return 1.0 - p
+    sigmas = torch.tensor([1.0, 0.8, 0.6, 0.4, 0.0])
+    run = sc.runtime.RunState(holder, MS, sigmas)
+    outs, plain = [], []
+    for s in sigmas[:-1]:
+        run.begin_evaluation()
+        x = [torch.full((2, 16, 2, 4, 4), float(s)), torch.full((2, 8, 5, 16), 3.0 * float(s))]
+        x = x if with_audio else x[:1]
+        to = {"sencache_run": run, "sigmas": s.view(1), "uuids": ["u", "c"], "cond_or_uncond": [1, 0]}
+        args = (x, s.view(1).repeat(2) * 1000, torch.zeros(2, 3, 8))
+        outs.append(pe.WrapperExecutor.new_executor(av_forward, [sc.runtime.diffusion_model_wrapper]).execute(*args, to))
+        plain.append(av_forward(*args))
+    tr = run.trace
+    assert [s.reuse for s in tr.steps] == [False, True, True, False] and len(calls) == 2 + 4   # 2 computed + 4 plain
+    assert tr.steps[1].dx == pytest.approx(0.2, rel=1e-6)        # the video part's change (the audio's is 0.6)
+    for i in (1, 2):                                              # reused: step 0's output, every part, same form
+        if with_audio:
+            assert isinstance(outs[i], list) and len(outs[i]) == 2
+            assert all(torch.equal(a, b) for a, b in zip(outs[i], plain[0]))
+        else:
+            assert torch.is_tensor(outs[i]) and torch.equal(outs[i], plain[0])
+    for i in (0, 3):
+        same = all(torch.equal(a, b) for a, b in zip(outs[i], plain[i])) if with_audio else torch.equal(outs[i], plain[i])
+        assert same
