@@ -21,6 +21,10 @@ pytestmark = pytest.mark.skipif(not browser.available(),
 ARTIFACTS = pathlib.Path(__file__).resolve().parent.parent / "test-artifacts"
 COMPUTED_RGB = (0x34, 0x65, 0xa4)
 REUSED_RGB = (0x4e, 0x9a, 0x06)
+# a computed cell without a score (first, final, K-limited steps: the policy needs no Δx there) is drawn at alpha 0.45
+# over the strip's backdrop, rgba(0, 0, 0, 0.25) on LiteGraph's default node background #353535
+_BACKDROP = 0x35 * 0.75
+PALE_COMPUTED_RGB = tuple(round(_BACKDROP + 0.45 * (c - _BACKDROP)) for c in COMPUTED_RGB)
 
 
 def sencache(profile, eps, k):
@@ -133,7 +137,9 @@ def test_strip_shows_the_servers_trace(server, page):
 
     toast = page.wait_for("""[...document.querySelectorAll('.p-toast-message')].map(e => e.innerText)
                              .filter(t => t.includes('SenCache')).join('\\n')""", timeout=30)
-    assert f"computed {t6['computed']}/{t6['total']}" in toast and "speed-up" in toast
+    # one toast per run, each shown for 6 s: on a slow machine the first may be gone when the second run ends
+    assert any(f"(#{i}): computed {t['computed']}/{t['total']}" in toast for i, t in ((6, t6), (10, t10)))
+    assert "speed-up" in toast
 
     ARTIFACTS.mkdir(exist_ok=True)
     page.eval("""(() => { const ns = app.graph._nodes, c = app.canvas, k = 0.55;
@@ -147,7 +153,7 @@ def test_strip_shows_the_servers_trace(server, page):
         t = t6 if node_id == 6 else t10
         # the strip is drawn in the node's bottom part: computed (blue) cells always, reused (green) cells if any
         strip = [rect[0], rect[1] + rect[3] - 60 * 1.6, rect[2], 60 * 1.6]
-        assert colour_pixels(shot, strip, COMPUTED_RGB) > 50
+        assert colour_pixels(shot, strip, COMPUTED_RGB, tol=12) + colour_pixels(shot, strip, PALE_COMPUTED_RGB, tol=12) > 50
         if t["reused"]:
             assert colour_pixels(shot, strip, REUSED_RGB) > 50
     focus(page, 5, scale=1.0)
