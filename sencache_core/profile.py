@@ -25,7 +25,7 @@ UNITS = {"sigma": "ComfyUI sampler sigma (flow models: t in [0,1])", "norm": "RM
 # Tolerance for lookups just outside the measured σ range, as a fraction of the range's width.
 RANGE_TOLERANCE = 0.05
 
-# Latent sizes D = elements of one sample's latent in the reference code's defaults (METHOD.md §2, §6).
+# Latent sizes D = elements of one sample's latent in the reference code's defaults (docs/METHOD.md §2, §6).
 D_PRESETS = {
     "wan21": 16 * 21 * 60 * 104,        # sqrt = 1447.98
     "cogvideox15": 14 * 16 * 60 * 90,   # sqrt = 1099.82
@@ -146,7 +146,7 @@ class SensitivityProfile:
 
     @classmethod
     def from_reference_npz(cls, path: str | os.PathLike, preset: str | None = None) -> "SensitivityProfile":
-        """Import the reference code's `sensitivity_{wan21,cogvid,ltx}.npz` (METHOD.md §6).
+        """Import the reference code's `sensitivity_{wan21,cogvid,ltx}.npz` (docs/METHOD.md §6).
 
         `timesteps` are in 0..1000 units and J_t_norm is a Frobenius norm over the reference latent of D
         elements per timestep unit. We convert to our units: α_t[per σ] = J_t_norm / sqrt(D) · |dt/dσ|, with
@@ -156,9 +156,8 @@ class SensitivityProfile:
         """
         path = os.fspath(path)
         _check_size(path)
-        name = os.path.basename(path).lower()
         if preset is None or preset == "auto":
-            preset = "wan21" if "wan" in name else "cogvideox15" if "cog" in name else "ltx091" if "ltx" in name else None
+            preset = npz_preset_for_name(path)
             if preset is None:
                 raise ProfileError(f"cannot tell which model {os.path.basename(path)} belongs to: choose a preset "
                                    f"({', '.join(D_PRESETS)})")
@@ -182,12 +181,15 @@ class SensitivityProfile:
         else:
             sigma, dsigma_dt = t / 1000.0, np.full_like(t, 1 / 1000.0)
         alpha_t = jt / sqrt_d / dsigma_dt
-        keep = np.isfinite(sigma) & np.isfinite(alpha_t) & np.isfinite(jx)
+        keep = np.isfinite(sigma) & np.isfinite(alpha_t) & np.isfinite(jx) & np.isfinite(counts)
+        if not keep.any():
+            raise ProfileError(f"{os.path.basename(path)}: no row is finite after conversion with preset '{preset}'")
         order = np.argsort(sigma[keep], kind="stable")
         s, ax, at, c = sigma[keep][order], jx[keep][order], alpha_t[keep][order], counts[keep][order]
         s, idx = np.unique(s, return_index=True)
         meta = {"source": "reference_npz", "file": os.path.basename(path), "preset": preset, "D": D_PRESETS[preset],
-                "fingerprint": None, "latent_channels": {"wan21": 16, "cogvideox15": 16, "ltx091": 128}[preset]}
+                "fingerprint": None, "latent_channels": {"wan21": 16, "cogvideox15": 16, "ltx091": 128}[preset],
+                "dropped_rows": int((~keep).sum()), "rows": int(t.size)}
         return cls(sigmas=s, alpha_x=ax[idx], alpha_t=at[idx], counts=c[idx], metadata=meta)
 
     def describe(self) -> str:
@@ -196,6 +198,12 @@ class SensitivityProfile:
         return (f"SenCache profile: {self.sigmas.size} σ points in [{lo:.4g}, {hi:.4g}], "
                 f"runs={m.get('runs', '?')}, source={m.get('source', '?')}, "
                 f"α_x {self.alpha_x.min():.3g}..{self.alpha_x.max():.3g}, α_t {self.alpha_t.min():.3g}..{self.alpha_t.max():.3g}")
+
+
+def npz_preset_for_name(path: str | os.PathLike) -> str | None:
+    """The preset a reference file's name suggests (sensitivity_wan21.npz → wan21, ...), or None."""
+    name = os.path.basename(os.fspath(path)).lower()
+    return "wan21" if "wan" in name else "cogvideox15" if "cog" in name else "ltx091" if "ltx" in name else None
 
 
 def _check_size(path: str) -> None:
