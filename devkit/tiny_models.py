@@ -2,7 +2,7 @@
 ComfyUI's loaders (comfy.sd.load_diffusion_model / UNETLoader) detect like the real files.
 
 Weights are seeded; the module is built on the meta device and every tensor is filled by us
-(comfy.ops creates layers with torch.empty, HOST.md pitfall 3).
+(comfy.ops creates layers with torch.empty).
 """
 from __future__ import annotations
 

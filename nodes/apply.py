@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import math
+from dataclasses import replace
 
 from ..sencache_core import ProfileError, compare_fingerprints
 from .model_info import model_facts, unknown_class_message
@@ -32,16 +34,27 @@ def check_profile(profile, facts: dict) -> list[str]:
     return warnings
 
 
+def checked_settings(settings: SenCacheSettings) -> SenCacheSettings:
+    """The node's numbers, refused early when not finite or out of range; eps_main 0 means no reuse at all."""
+    for name in ("eps_start", "eps_main", "eps_switch_percent", "reuse_start_percent", "reuse_end_percent",
+                 "target_speedup"):
+        v = getattr(settings, name)
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            raise ValueError(f"SenCache: {name} must be a finite number ≥ 0 (got {v})")
+    if settings.eps_switch_percent > 1:
+        raise ValueError(f"SenCache: eps_switch_percent must lie in [0, 1] (got {settings.eps_switch_percent})")
+    if settings.eps_main == 0 and settings.eps_start > 0 and settings.target_speedup == 0:
+        settings = replace(settings, eps_start=0.0)      # eps_main 0 = never reuse, also in the early phase
+    return settings
+
+
 def apply_sencache(model, profile, settings: SenCacheSettings, node_id: str | None = None, publishers=(),
                    run_class=None, notes: list | None = None):
     """The model with SenCache attached, and its holder. publishers / run_class: SenCacheHolder's extension points.
     Warnings are logged and, when `notes` is a list, appended to it (the node shows them)."""
     if profile is None:
         raise ProfileError("SenCache needs a sensitivity profile: connect Load Profile or a Sensitivity Calibrator")
-    for name in ("eps_start", "eps_main"):
-        v = getattr(settings, name)
-        if not (v >= 0):
-            raise ValueError(f"{name} must be ≥ 0 (got {v})")
+    settings = checked_settings(settings)
     if settings.max_consecutive < 0:
         raise ValueError(f"max_consecutive_reuse must be ≥ 0 (got {settings.max_consecutive})")
     if not (0.0 <= settings.reuse_start_percent <= settings.reuse_end_percent <= 1.0):

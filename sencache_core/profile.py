@@ -4,6 +4,12 @@ Units (see package docstring): σ is ComfyUI's sampler σ; α_x is dimensionless
 the model output per unit σ. `dx_per_sigma` is the typical ‖Δx‖_rms per unit σ along the trajectories it
 was measured on (lets a budget be simulated). Lookup interpolates linearly in σ, so any step count,
 scheduler, shift, denoise or split sampling can use one profile.
+
+Above its top σ a profile is used flat (the values at its top) when that top is already high-noise
+(σ ≥ HIGH_NOISE_SIGMA: noise at least 10x the signal in RMS). Zero-terminal-SNR schedules (CogVideoX: ComfyUI's σ
+table ends at σ ≈ 4519) start far above where a measurement or reference table may end, and the first evaluation of
+a run is computed anyway; this is logged once per profile at INFO. Below the lowest σ, and above a top that is not
+high-noise, σ beyond RANGE_TOLERANCE is not covered: those evaluations are computed.
 """
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ RANGE_TOLERANCE = 0.05
 HIGH_NOISE_SIGMA = 10.0
 log = logging.getLogger("SenCache")
 
-# Latent sizes D = elements of one sample's latent in the reference code's defaults (METHOD.md §2, §6).
+# Latent sizes D = elements of one sample's latent in the reference code's defaults (docs/METHOD.md §2, §6).
 D_PRESETS = {
     "wan21": 16 * 21 * 60 * 104,        # sqrt = 1447.98
     "cogvideox15": 14 * 16 * 60 * 90,   # sqrt = 1099.82
@@ -160,7 +166,7 @@ class SensitivityProfile:
 
     @classmethod
     def from_reference_npz(cls, path: str | os.PathLike, preset: str | None = None) -> "SensitivityProfile":
-        """Import the reference code's `sensitivity_{wan21,cogvid,ltx}.npz` (METHOD.md §6).
+        """Import the reference code's `sensitivity_{wan21,cogvid,ltx}.npz` (docs/METHOD.md §6).
 
         `timesteps` are in 0..1000 units and J_t_norm is a Frobenius norm over the reference latent of D
         elements per timestep unit, measured as a finite difference from each t to the next lower t of the file's
@@ -174,9 +180,8 @@ class SensitivityProfile:
         """
         path = os.fspath(path)
         _check_size(path)
-        name = os.path.basename(path).lower()
         if preset is None or preset == "auto":
-            preset = "wan21" if "wan" in name else "cogvideox15" if "cog" in name else "ltx091" if "ltx" in name else None
+            preset = npz_preset_for_name(path)
             if preset is None:
                 raise ProfileError(f"cannot tell which model {os.path.basename(path)} belongs to: choose a preset "
                                    f"({', '.join(D_PRESETS)})")
@@ -201,12 +206,15 @@ class SensitivityProfile:
         else:   # σ = t/1000: the secant is the slope
             sigma, dsigma_dt = t / 1000.0, np.full_like(t, 1 / 1000.0)
         alpha_t = jt / sqrt_d / dsigma_dt
-        keep = np.isfinite(sigma) & np.isfinite(alpha_t) & np.isfinite(jx)
+        keep = np.isfinite(sigma) & np.isfinite(alpha_t) & np.isfinite(jx) & np.isfinite(counts)
+        if not keep.any():
+            raise ProfileError(f"{os.path.basename(path)}: no row is finite after conversion with preset '{preset}'")
         order = np.argsort(sigma[keep], kind="stable")
         s, ax, at, c = sigma[keep][order], jx[keep][order], alpha_t[keep][order], counts[keep][order]
         s, idx = np.unique(s, return_index=True)
         meta = {"source": "reference_npz", "file": os.path.basename(path), "preset": preset, "D": D_PRESETS[preset],
-                "fingerprint": None, "latent_channels": {"wan21": 16, "cogvideox15": 16, "ltx091": 128}[preset]}
+                "fingerprint": None, "latent_channels": {"wan21": 16, "cogvideox15": 16, "ltx091": 128}[preset],
+                "dropped_rows": int((~keep).sum()), "rows": int(t.size)}
         return cls(sigmas=s, alpha_x=ax[idx], alpha_t=at[idx], counts=c[idx], metadata=meta)
 
     def describe(self) -> str:
@@ -215,6 +223,12 @@ class SensitivityProfile:
         return (f"SenCache profile: {self.sigmas.size} σ points in [{lo:.4g}, {hi:.4g}], "
                 f"runs={m.get('runs', '?')}, source={m.get('source', '?')}, "
                 f"α_x {self.alpha_x.min():.3g}..{self.alpha_x.max():.3g}, α_t {self.alpha_t.min():.3g}..{self.alpha_t.max():.3g}")
+
+
+def npz_preset_for_name(path: str | os.PathLike) -> str | None:
+    """The preset a reference file's name suggests (sensitivity_wan21.npz → wan21, ...), or None."""
+    name = os.path.basename(os.fspath(path)).lower()
+    return "wan21" if "wan" in name else "cogvideox15" if "cog" in name else "ltx091" if "ltx" in name else None
 
 
 def _check_size(path: str) -> None:
