@@ -4,6 +4,9 @@
     .dev/venv/bin/python -m devkit.example_workflows            # starts the real ComfyUI once for /object_info
     .dev/venv/bin/python -m devkit.example_workflows info.json  # or reads a saved /object_info
     .dev/venv/bin/python -m devkit.example_workflows --demo-frames  # demo thumbnail + 8 frames the demo model renders
+    SENCACHE_COMFYUI=.dev/ComfyUI-0.18.1 PYTHONPATH=.dev/site-0.18.1 .dev/venv/bin/python -m devkit.example_workflows
+                                                                # the workflows built on 0.18.1 (BUILT_ON)
+Each run writes only the workflows built on the running host's version.
 
 Each workflow: standard ComfyUI nodes plus this pack's, and MarkdownNote nodes saying which model files go where.
 """
@@ -192,11 +195,56 @@ def ltxv(info) -> dict:
     return g.to_json()
 
 
+def ltx2(info) -> dict:
+    """LTX-2 (ComfyUI class LTXAV) text-to-video; needs ComfyUI 0.18 or later (built from its /object_info)."""
+    g = Graph(info)
+    g.note("### LTX-2 text-to-video with SenCache — **ComfyUI 0.18 or later**\n\n"
+           "Model files (split files, core loaders):\n"
+           "- `models/diffusion_models/ltx-2-19b-dev-fp8.safetensors`\n"
+           "- `models/text_encoders/gemma_3_12B_it_fp4_mixed.safetensors` and "
+           "`models/text_encoders/ltx-2-19b-embeddings_connector_dev_bf16.safetensors` (DualCLIPLoader, type `ltxv`)\n"
+           "- `models/vae/LTX2_video_vae_bf16.safetensors`\n\n"
+           "There is no reference sensitivity file for LTX-2: the **Sensitivity Calibrator** measures this model's "
+           "profile in the same run (it samples like a KSampler, one extra model evaluation per step) and saves it as "
+           "`models/sencache/ltx2_t2v_00001.safetensors`. For later runs use Load Profile → SenCache instead (see "
+           "`sencache_calibrate_save_load_apply`).\n\n"
+           "With sound (LTXV Empty Latent Audio → LTXV Concat AV Latent → sampler → LTXV Separate AV Latent, as in "
+           "ComfyUI's LTX-2 templates) SenCache decides once per model evaluation for video and audio together.",
+           (0, -420), (640, 390))
+    g.note(SENCACHE_HOWTO, (680, -420), (520, 390))
+    unet = g.node("UNETLoader", (0, 0), unet_name="ltx-2-19b-dev-fp8.safetensors", weight_dtype="default")
+    te = g.node("DualCLIPLoader", (0, 130), clip_name1="gemma_3_12B_it_fp4_mixed.safetensors",
+                clip_name2="ltx-2-19b-embeddings_connector_dev_bf16.safetensors", type="ltxv", device="default")
+    vae = g.node("VAELoader", (0, 320), vae_name="LTX2_video_vae_bf16.safetensors")
+    pos = g.node("CLIPTextEncode", (360, 0), (400, 180), title="CLIP Text Encode (Positive Prompt)",
+                 text="A street drummer plays on an upturned bucket at dusk, passers-by clap along, neon signs flicker.")
+    neg = g.node("CLIPTextEncode", (360, 210), (400, 180), title="CLIP Text Encode (Negative Prompt)",
+                 text="low quality, worst quality, deformed, distorted, disfigured, motion smear, motion artifacts")
+    cond = g.node("LTXVConditioning", (360, 420), frame_rate=25.0)
+    lat = g.node("EmptyLTXVLatentVideo", (0, 450), width=768, height=512, length=97, batch_size=1)
+    cal = g.node("SenCacheCalibrator", (800, 0), (340, 0), color=SC, seed=0, steps=20, cfg=4.0, sampler_name="euler",
+                 scheduler="simple", runs=1, denoise=1.0, save_as="ltx2_t2v")
+    sc = g.node("SenCacheApply", (1180, 0), color=SC)
+    ks = g.node("KSampler", (1540, 0), seed=42, steps=20, cfg=4.0, sampler_name="euler", scheduler="simple", denoise=1.0)
+    dec = g.node("VAEDecode", (1900, 0), (220, 80))
+    cv = g.node("CreateVideo", (1900, 120), (220, 100), fps=25.0)
+    sv = g.node("SaveVideo", (1900, 260), (300, 140), filename_prefix="video/sencache_ltx2")
+    g.link(te, 0, pos, "clip"); g.link(te, 0, neg, "clip")
+    g.link(pos, 0, cond, "positive"); g.link(neg, 0, cond, "negative")
+    g.link(unet, 0, cal, "model"); g.link(cond, 0, cal, "positive"); g.link(cond, 1, cal, "negative")
+    g.link(lat, 0, cal, "latent_image")
+    g.link(unet, 0, sc, "model"); g.link(cal, 1, sc, "profile")
+    g.link(sc, 0, ks, "model"); g.link(cond, 0, ks, "positive"); g.link(cond, 1, ks, "negative"); g.link(lat, 0, ks, "latent_image")
+    g.link(ks, 0, dec, "samples"); g.link(vae, 0, dec, "vae"); g.link(dec, 0, cv, "images"); g.link(cv, 0, sv, "video")
+    return g.to_json()
+
+
 COGVIDEOX_NOTE = (
     "### CogVideoX 1.5 (5B) text-to-video with SenCache — **needs a ComfyUI with native CogVideoX (2026)**\n\n"
-    "ComfyUI gained native CogVideoX after 0.3.75 (`comfy/ldm/cogvideo/`). This graph uses only generic core nodes: "
-    "UNETLoader detects the model from its weights and CLIPLoader loads the T5 encoder with type `cogvideox` "
-    "(a type that newer ComfyUI lists; 0.3.75 does not, so this workflow is not runnable there). "
+    "Upstream ComfyUI core has native CogVideoX (`comfy/ldm/cogvideo/`, 2026); ComfyUI 0.3.75 and 0.18.1 do not, "
+    "so this workflow is not runnable there. This graph uses only generic core nodes: UNETLoader detects the model "
+    "from its weights and CLIPLoader loads the T5 encoder with type `cogvideox` (a type only a ComfyUI with native "
+    "CogVideoX lists). "
     "It was **not run on a real CogVideoX host**: SenCache's CogVideoX path is tested with a stand-in model that "
     "follows core's calling convention. If your ComfyUI names a node or type differently, swap it; the SenCache "
     "part (Load Profile → SenCache → sampler) stays the same.\n\nModel files:\n"
@@ -322,16 +370,32 @@ WORKFLOWS = {
     "sencache_wan22_a14b_t2v": (wan22_a14b, "Wan 2.2 A14B: two experts"),
     "sencache_ltxv_t2v": (ltxv, "LTX-Video + SenCache"),
     "sencache_cogvideox_t2v": (cogvideox, "CogVideoX (newer ComfyUI)"),
+    "sencache_ltx2_t2v": (ltx2, "LTX-2 + SenCache (ComfyUI 0.18+)"),
     "sencache_calibrate_save_load_apply": (calibrate, "Calibrate → save → load → apply"),
     "sencache_demo_model": (demo, "SenCache demo model (CPU)"),
 }
 
 
-def write_all(object_info: dict, out: pathlib.Path = OUT, demo_frames=None) -> list[pathlib.Path]:
-    """Write every workflow and its thumbnail (the graph; for the demo, plus a strip of frames it rendered)."""
+# The ComfyUI version each workflow is built from (its /object_info): 0.3.75 unless a workflow needs nodes only a
+# newer host has. Regenerate each on its own host (SENCACHE_COMFYUI, see devkit/host.py).
+DEFAULT_HOST = "0.3.75"
+BUILT_ON = {"sencache_ltx2_t2v": "0.18.1"}
+
+
+def built_on(name: str) -> str:
+    return BUILT_ON.get(name, DEFAULT_HOST)
+
+
+def write_all(object_info: dict, out: pathlib.Path = OUT, demo_frames=None, host_version: str = DEFAULT_HOST
+              ) -> list[pathlib.Path]:
+    """Write every workflow built on `host_version` and its thumbnail (the graph; for the demo, plus a strip of
+    frames it rendered)."""
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, (build, title) in WORKFLOWS.items():
+        if built_on(name) != host_version:
+            print(f"{name}: built on ComfyUI {built_on(name)}, this host is {host_version}: left as is")
+            continue
         wf = build(object_info)
         save(wf, out / f"{name}.json")
         render_thumbnail(wf, out / f"{name}.jpg", title=title)
@@ -385,6 +449,8 @@ def main(argv=None) -> None:
     with_frames = "--demo-frames" in argv
     argv = [a for a in argv if a != "--demo-frames"]
     frames = None
+    from .host import version_text
+    version = version_text()
     if argv:
         info = json.loads(pathlib.Path(argv[0]).read_text())
     else:
@@ -402,7 +468,7 @@ def main(argv=None) -> None:
                 info = srv.get("/object_info")
                 if with_frames and weights.exists():
                     frames = render_demo_frames(srv, info)
-    for p in write_all(info, demo_frames=frames):
+    for p in write_all(info, demo_frames=frames, host_version=version):
         print(p)
 
 

@@ -70,8 +70,9 @@ class SenCache(io.ComfyNode):
                                     high_percentile=use_high_percentile, reuse_mode=reuse_mode,
                                     target_speedup=target_speedup)
         node_id = cls.hidden.unique_id if cls.hidden is not None else None
-        patched, _ = apply_sencache(model, profile, settings, node_id=node_id, publishers=NODE_PUBLISHERS)
-        return io.NodeOutput(patched)
+        notes = []
+        patched, _ = apply_sencache(model, profile, settings, node_id=node_id, publishers=NODE_PUBLISHERS, notes=notes)
+        return io.NodeOutput(patched, ui={"text": notes} if notes else None)
 
 
 class SensitivityCalibrator(io.ComfyNode):

@@ -6,7 +6,7 @@ import math
 from dataclasses import replace
 
 from ..sencache_core import ProfileError, compare_fingerprints
-from .model_info import model_facts
+from .model_info import model_facts, unknown_class_message
 from .runtime import REUSE_MODES, SenCacheHolder, SenCacheSettings, attach
 
 log = logging.getLogger("SenCache")
@@ -49,8 +49,9 @@ def checked_settings(settings: SenCacheSettings) -> SenCacheSettings:
 
 
 def apply_sencache(model, profile, settings: SenCacheSettings, node_id: str | None = None, publishers=(),
-                   run_class=None):
-    """The model with SenCache attached, and its holder. publishers / run_class: SenCacheHolder's extension points."""
+                   run_class=None, notes: list | None = None):
+    """The model with SenCache attached, and its holder. publishers / run_class: SenCacheHolder's extension points.
+    Warnings are logged and, when `notes` is a list, appended to it (the node shows them)."""
     if profile is None:
         raise ProfileError("SenCache needs a sensitivity profile: connect Load Profile or a Sensitivity Calibrator")
     settings = checked_settings(settings)
@@ -61,8 +62,14 @@ def apply_sencache(model, profile, settings: SenCacheSettings, node_id: str | No
     if settings.reuse_mode not in REUSE_MODES:
         raise ValueError(f"reuse_mode must be one of {REUSE_MODES}")
     facts = model_facts(model)
-    for w in check_profile(profile, facts):
+    warnings = check_profile(profile, facts)
+    unknown = unknown_class_message(facts)
+    if unknown:
+        warnings.insert(0, unknown)
+    for w in warnings:
         log.warning("SenCache: %s", w)
+    if notes is not None:
+        notes.extend(warnings)
     holder = SenCacheHolder(profile, settings, facts["latent_channels"], node_id=node_id, publishers=publishers,
                             run_class=run_class)
     return attach(model, holder), holder
