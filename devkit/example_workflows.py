@@ -241,9 +241,10 @@ def ltx2(info) -> dict:
 
 COGVIDEOX_NOTE = (
     "### CogVideoX 1.5 (5B) text-to-video with SenCache — **needs a ComfyUI with native CogVideoX (2026)**\n\n"
-    "ComfyUI gained native CogVideoX after 0.3.75 (`comfy/ldm/cogvideo/`). This graph uses only generic core nodes: "
-    "UNETLoader detects the model from its weights and CLIPLoader loads the T5 encoder with type `cogvideox` "
-    "(a type that newer ComfyUI lists; 0.3.75 does not, so this workflow is not runnable there). "
+    "Upstream ComfyUI core has native CogVideoX (`comfy/ldm/cogvideo/`, 2026); ComfyUI 0.3.75 and 0.18.1 do not, "
+    "so this workflow is not runnable there. This graph uses only generic core nodes: UNETLoader detects the model "
+    "from its weights and CLIPLoader loads the T5 encoder with type `cogvideox` (a type only a ComfyUI with native "
+    "CogVideoX lists). "
     "It was **not run on a real CogVideoX host**: SenCache's CogVideoX path is tested with a stand-in model that "
     "follows core's calling convention. If your ComfyUI names a node or type differently, swap it; the SenCache "
     "part (Load Profile → SenCache → sampler) stays the same.\n\nModel files:\n"

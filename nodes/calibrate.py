@@ -95,23 +95,6 @@ def _diffusion(executor, *args, **kwargs):
     return out
 
 
-def check_calibration_inputs(steps, cfg, sampler_name, scheduler, runs, denoise) -> None:
-    """Refuse what ComfyUI's sampler would silently replace or misread, before any model evaluation."""
-    if sampler_name not in comfy.samplers.KSampler.SAMPLERS:
-        raise ValueError(f"Sensitivity Calibrator: unknown sampler {sampler_name!r}; "
-                         f"one of {', '.join(comfy.samplers.KSampler.SAMPLERS)}")
-    if scheduler not in comfy.samplers.KSampler.SCHEDULERS:
-        raise ValueError(f"Sensitivity Calibrator: unknown scheduler {scheduler!r}; "
-                         f"one of {', '.join(comfy.samplers.KSampler.SCHEDULERS)}")
-    for name, v, lo in (("cfg", cfg, 0.0), ("denoise", denoise, 0.0)):
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= lo):
-            raise ValueError(f"Sensitivity Calibrator: {name} must be a finite number ≥ {lo} (got {v})")
-    if not (0 < denoise <= 1):
-        raise ValueError(f"Sensitivity Calibrator: denoise must lie in (0, 1] (got {denoise})")
-    if int(steps) < 2 or int(runs) < 1:
-        raise ValueError(f"Sensitivity Calibrator: need steps ≥ 2 and runs ≥ 1 (got {steps}, {runs})")
-
-
 def _cross_pass(holder: CalibrationHolder, executor, args, kwargs, to: dict, sigma: float, s_prev: float,
                 batch: int, rows: slice, i: int):
     """The cond rows' output at σ_prev with the input of σ: the model run on those rows only (every batched
@@ -138,6 +121,23 @@ def _cross_pass(holder: CalibrationHolder, executor, args, kwargs, to: dict, sig
             log.warning("SenCache calibration: the cond-rows-only extra pass failed (%s); running it on the whole "
                         "batch for the rest of this calibration", e)
     return as_parts(executor(*full_args, **full_kwargs))[0][0][rows]
+
+
+def check_calibration_inputs(steps, cfg, sampler_name, scheduler, runs, denoise) -> None:
+    """Refuse what ComfyUI's sampler would silently replace or misread, before any model evaluation."""
+    if sampler_name not in comfy.samplers.KSampler.SAMPLERS:
+        raise ValueError(f"Sensitivity Calibrator: unknown sampler {sampler_name!r}; "
+                         f"one of {', '.join(comfy.samplers.KSampler.SAMPLERS)}")
+    if scheduler not in comfy.samplers.KSampler.SCHEDULERS:
+        raise ValueError(f"Sensitivity Calibrator: unknown scheduler {scheduler!r}; "
+                         f"one of {', '.join(comfy.samplers.KSampler.SCHEDULERS)}")
+    for name, v, lo in (("cfg", cfg, 0.0), ("denoise", denoise, 0.0)):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= lo):
+            raise ValueError(f"Sensitivity Calibrator: {name} must be a finite number ≥ {lo} (got {v})")
+    if not (0 < denoise <= 1):
+        raise ValueError(f"Sensitivity Calibrator: denoise must lie in (0, 1] (got {denoise})")
+    if int(steps) < 2 or int(runs) < 1:
+        raise ValueError(f"Sensitivity Calibrator: need steps ≥ 2 and runs ≥ 1 (got {steps}, {runs})")
 
 
 def calibrate(model, positive, negative, latent: dict, seed: int, steps: int, cfg: float, sampler_name: str,

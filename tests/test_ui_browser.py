@@ -133,7 +133,9 @@ def test_strip_shows_the_servers_trace(server, page):
 
     toast = page.wait_for("""[...document.querySelectorAll('.p-toast-message')].map(e => e.innerText)
                              .filter(t => t.includes('SenCache')).join('\\n')""", timeout=30)
-    assert f"computed {t6['computed']}/{t6['total']}" in toast and "speed-up" in toast
+    # one toast per run, each shown for 6 s: on a slow machine the first may be gone when the second run ends
+    assert any(f"(#{i}): computed {t['computed']}/{t['total']}" in toast for i, t in ((6, t6), (10, t10)))
+    assert "speed-up" in toast
 
     ARTIFACTS.mkdir(exist_ok=True)
     page.eval("""(() => { const ns = app.graph._nodes, c = app.canvas, k = 0.55;
