@@ -248,8 +248,8 @@ def ltx2(info) -> dict:
            "`sencache_calibrate_save_load_apply`).\n\n"
            "With sound (LTXV Empty Latent Audio → LTXV Concat AV Latent → sampler → LTXV Separate AV Latent, as in "
            "ComfyUI's LTX-2 templates) SenCache decides once per model evaluation for video and audio together.",
-           (0, -420), (640, 390))
-    g.note(SENCACHE_HOWTO, (680, -420), (520, 390))
+           (800, 400), (660, 400))
+    g.note(SENCACHE_HOWTO, (1500, 400), (580, 400))
     unet = g.node("UNETLoader", (0, 0), unet_name="ltx-2-19b-dev-fp8.safetensors", weight_dtype="default")
     te = g.node("DualCLIPLoader", (0, 130), clip_name1="gemma_3_12B_it_fp4_mixed.safetensors",
                 clip_name2="ltx-2-19b-embeddings_connector_dev_bf16.safetensors", type="ltxv", device="default")
@@ -262,11 +262,11 @@ def ltx2(info) -> dict:
     lat = g.node("EmptyLTXVLatentVideo", (0, 450), width=768, height=512, length=97, batch_size=1)
     cal = g.node("SenCacheCalibrator", (690, 0), (340, 0), color=SC, seed=0, steps=20, cfg=4.0, sampler_name="euler",
                  scheduler="simple", runs=1, denoise=1.0, save_as="ltx2_t2v")
-    sc = g.node("SenCacheApply", (1060, 0), color=SC)
-    ks = g.node("KSampler", (1430, 0), seed=42, steps=20, cfg=4.0, sampler_name="euler", scheduler="simple", denoise=1.0)
-    dec = g.node("VAEDecode", (1430, 330), (220, 80))
-    cv = g.node("CreateVideo", (1430, 450), (220, 100), fps=25.0)
-    sv = g.node("SaveVideo", (1680, 330), (300, 140), filename_prefix="video/sencache_ltx2")
+    sc = g.node("SenCacheApply", (1180, 0), color=SC)
+    ks = g.node("KSampler", (1540, 0), seed=42, steps=20, cfg=4.0, sampler_name="euler", scheduler="simple", denoise=1.0)
+    dec = g.node("VAEDecode", (1880, 0), (200, 80))
+    cv = g.node("CreateVideo", (1880, 120), (200, 100), fps=25.0)
+    sv = g.node("SaveVideo", (1880, 250), (200, 140), filename_prefix="video/sencache_ltx2")
     g.link(te, 0, pos, "clip"); g.link(te, 0, neg, "clip")
     g.link(pos, 0, cond, "positive"); g.link(neg, 0, cond, "negative")
     g.link(unet, 0, cal, "model"); g.link(cond, 0, cal, "positive"); g.link(cond, 1, cal, "negative")
@@ -279,9 +279,10 @@ def ltx2(info) -> dict:
 
 COGVIDEOX_NOTE = (
     "### CogVideoX 1.5 (5B) text-to-video with SenCache — **needs a ComfyUI with native CogVideoX (2026)**\n\n"
-    "ComfyUI gained native CogVideoX after 0.3.75 (`comfy/ldm/cogvideo/`). This graph uses only generic core nodes: "
-    "UNETLoader detects the model from its weights and CLIPLoader loads the T5 encoder with type `cogvideox` "
-    "(a type that newer ComfyUI lists; 0.3.75 does not, so this workflow is not runnable there). "
+    "Upstream ComfyUI core has native CogVideoX (`comfy/ldm/cogvideo/`, 2026); ComfyUI 0.3.75 and 0.18.1 do not, "
+    "so this workflow is not runnable there. This graph uses only generic core nodes: UNETLoader detects the model "
+    "from its weights and CLIPLoader loads the T5 encoder with type `cogvideox` (a type only a ComfyUI with native "
+    "CogVideoX lists). "
     "It was **not run on a real CogVideoX host**: SenCache's CogVideoX path is tested with a stand-in model that "
     "follows core's calling convention. If your ComfyUI names a node or type differently, swap it; the SenCache "
     "part (Load Profile → SenCache → sampler) stays the same.\n\nModel files:\n"

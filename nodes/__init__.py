@@ -100,7 +100,7 @@ class SensitivityCalibrator(io.ComfyNode):
         return io.Schema(
             node_id="SenCacheCalibrator", display_name="Sensitivity Calibrator (SenCache)", category="SenCache",
             description="Samples like a KSampler and measures the model's sensitivities α_x(σ), α_t(σ) on the sampling "
-                        "trajectory (one extra model evaluation per step). Use your own model/LoRA/resolution.",
+                        "trajectory (one extra model evaluation of the positive branch per step). Use your own model/LoRA/resolution.",
             inputs=[
                 io.Model.Input("model", tooltip="The model to calibrate (with your LoRAs applied, without SenCache)."),
                 io.Conditioning.Input("positive", tooltip="Positive conditioning (sensitivities are measured on this branch)."),

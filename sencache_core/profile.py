@@ -4,6 +4,12 @@ Units (see package docstring): σ is ComfyUI's sampler σ; α_x is dimensionless
 the model output per unit σ. `dx_per_sigma` is the typical ‖Δx‖_rms per unit σ along the trajectories it
 was measured on (lets a budget be simulated). Lookup interpolates linearly in σ, so any step count,
 scheduler, shift, denoise or split sampling can use one profile.
+
+Above its top σ a profile is used flat (the values at its top) when that top is already high-noise
+(σ ≥ HIGH_NOISE_SIGMA: noise at least 10x the signal in RMS). Zero-terminal-SNR schedules (CogVideoX: ComfyUI's σ
+table ends at σ ≈ 4519) start far above where a measurement or reference table may end, and the first evaluation of
+a run is computed anyway; this is logged once per profile at INFO. Below the lowest σ, and above a top that is not
+high-noise, σ beyond RANGE_TOLERANCE is not covered: those evaluations are computed.
 """
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ The real model files cannot be used here (GBs, no model hub). What the test subs
      small); the conditioning is 32 wide without an attention mask, as the tiny model's connectors take it;
      VAEDecode becomes SaveLatent. A second run adds an audio latent (SenCacheDevEmptyLTXVAudioLatent, since the
      audio VAE nodes need torchaudio) through core's LTXVConcatAVLatent / LTXVSeparateAVLatent.
-The CogVideoX workflow targets a ComfyUI with native CogVideoX (after 0.3.75): it is validated against
+The CogVideoX workflow targets a ComfyUI with native CogVideoX (upstream core; not 0.3.75 nor 0.18.1): it is validated against
 /object_info (node types present, our nodes' values valid, the one missing piece named) and its run is skipped
 with the reason, unless the host knows CLIPLoader type "cogvideox".
 """
@@ -322,8 +322,8 @@ def test_workflow_runs(server, name):
     t0 = time.monotonic()
     if name in NEEDS_NEWER_HOST and not host_supports(info, name):
         node, inp, value = NEEDS_NEWER_HOST[name]
-        pytest.skip(f"{name}: needs {node} {inp}={value!r} (native CogVideoX, ComfyUI after 0.3.75); this host "
-                    f"lacks it. Validated against /object_info only.")
+        pytest.skip(f"{name}: needs {node} {inp}={value!r} (native CogVideoX: upstream core, not in 0.3.75 nor "
+                    f"0.18.1); this host lacks it. Validated against /object_info only.")
     prof_dir = server.base / "models" / "sencache"
     if name == "sencache_calibrate_save_load_apply":
         saved = calibrated(server)
