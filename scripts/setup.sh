@@ -19,7 +19,8 @@ say() { echo "[setup $(date +%H:%M:%S)] $*"; }
 
 # ---- the venv ------------------------------------------------------------------------------------------------
 # The venv's stamp hashes only build_venv's text (as bash prints it) and the requirements files, so editing the
-# rest of this script does not rebuild it; changing build_venv or a requirements file does.
+# rest of this script does not touch the venv. When the stamp differs: a venv that already holds every pinned version
+# is kept; one made by this recipe gets the changed requirements installed into it; otherwise it is built anew.
 build_venv() {
   "$PY" -m venv "$VENV"
   say "1/3 pip"
@@ -58,9 +59,16 @@ PYEOF
 
 if [ -x "$VENV/bin/python" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$want" ]; then
   say "venv up to date: $VENV"
-elif [ -x "$VENV/bin/python" ] && [ ! -f "$STAMP" ] && pins_installed; then
+elif [ -x "$VENV/bin/python" ] && pins_installed; then
+  # made by an earlier setup.sh, or the recipe changed and the packages are already there: nothing to install
   echo "$want" > "$STAMP"
   say "venv holds every pinned version; recorded its recipe stamp: $VENV"
+elif [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ]; then
+  say "requirements changed: installing into the existing venv $VENV"
+  pipq -r "$ROOT/requirements-dev.txt" -r "$ROOT/requirements.txt"
+  pins_installed || { echo "[setup] $VENV still lacks pinned packages; remove it and run setup again" >&2; exit 1; }
+  echo "$want" > "$STAMP"
+  say "venv updated"
 else
   say "creating $VENV (about 6 minutes: torch, then ComfyUI's and the tests' packages)"
   build_venv
