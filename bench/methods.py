@@ -106,11 +106,11 @@ def computed_steps(n: int, budget: int) -> set[int]:
     return set(idx)
 
 
-def planned_sigmas(profile, budget: int, reference_sigmas) -> list[float]:
-    """The pack's planned schedule (sencache_core.schedule) for `budget` real steps, anchored at the reference
-    schedule's first and last non-zero σ."""
+def planned_sigmas(profile, budget: int, reference_sigmas, spacing: str | None = None) -> list[float]:
+    """The pack's planned schedule (sencache_core.schedule; spacing None = the node's default) for `budget` real
+    steps, anchored at the reference schedule's first and last non-zero σ."""
     from sencache_core import schedule
-    return schedule.plan_from_base(profile, budget, reference_sigmas)
+    return schedule.plan_from_base(profile, budget, reference_sigmas, spacing or schedule.SCHEDULER_X_PROFILE)
 
 
 def every_kth_steps(n: int, budget: int) -> set[int] | None:

@@ -71,16 +71,18 @@ SENCACHE_ROWS = {"SenCache (output_extrapolated)": ("output_extrapolated", None)
 METHODS = (*SENCACHE_ROWS, "EasyCache core (input copied)", "EasyCache core (as-is)",
            "LazyCache core", "TeaCache-style", "MagCache-style", "Fixed interval (output)",
            "Fixed interval (output-input)", "Fixed interval + extrapolation", "Every k-th step (output)",
-           "Fewer steps (same shift)", "Fewer steps (shift tuned)", "Planned schedule")
+           "Fewer steps (same shift)", "Fewer steps (shift tuned)", "Planned schedule", "Planned schedule (profile only)")
 SHORT = {"SenCache (output_extrapolated)": "sc_ox", "SenCache (output_extrapolated, K=6)": "sc_ox_k6",
          "SenCache (output)": "sc_out", "SenCache (output-input)": "sc_omi", "EasyCache core (input copied)": "ec_copy",
          "EasyCache core (as-is)": "ec_asis", "LazyCache core": "lazy", "TeaCache-style": "tea", "MagCache-style": "mag",
          "Fixed interval (output)": "fix_out", "Fixed interval (output-input)": "fix_omi",
          "Fixed interval + extrapolation": "fix_ox", "Planned schedule": "plan",
+         "Planned schedule (profile only)": "plan_sigma",
          "Every k-th step (output)": "every_k",
          "Fewer steps (same shift)": "steps", "Fewer steps (shift tuned)": "steps_shift"}
 # only with --methods (CPU time)
-OPTIONAL_METHODS = ("SenCache (output_extrapolated, K=6)", "Fixed interval (output-input)", "Every k-th step (output)")
+OPTIONAL_METHODS = ("SenCache (output_extrapolated, K=6)", "Fixed interval (output-input)", "Every k-th step (output)",
+                    "Planned schedule (profile only)")
 PARAM_RANGE = (1e-4, 20.0)
 PSNR_CAP = 100.0
 
@@ -249,6 +251,8 @@ class Bench:
             return M.apply_fixed(self.model, B, "output_extrapolated"), N
         if name == "Planned schedule":
             return self.model, M.planned_sigmas(self.profile, B, self.reference_sigmas)
+        if name == "Planned schedule (profile only)":
+            return self.model, M.planned_sigmas(self.profile, B, self.reference_sigmas, "profile only")
         if name == "Every k-th step (output)":
             if M.every_kth_steps(N, B) is None:
                 return None, N
@@ -488,9 +492,10 @@ def write_report(path_md: pathlib.Path, config_name: str, cfg: dict, info: dict,
           "in σ from the last two computed steps (sencache_core.reuse.extrapolate, as the node's output_extrapolated "
           "mode), only without CFG; with CFG it is the cached output, i.e. identical to *Fixed interval (output)*.",
           "- **Planned schedule**: B real steps (SamplerCustom, same sampler) on the σ schedule the pack's SenCache "
-          "Schedule plans from the SenCache profile (sencache_core.schedule: equal shares of ∫ α_x·r + α_t dσ), from "
-          "the reference schedule's first σ to its last non-zero σ, then 0. Its final step is the reference's final "
-          "step, which PSNR against the reference rewards.",
+          "Schedule plans from the SenCache profile (sencache_core.schedule, default spacing 'scheduler × profile': "
+          "the reference scheduler's spacing re-weighted by g = α_x·r + α_t), from the reference schedule's first σ "
+          "to its last non-zero σ, then 0. Its final step is the reference's final step, which PSNR against the "
+          "reference rewards. *(profile only)* (only with --methods plan_sigma): equal shares of ∫ g dσ.",
           "- **Every k-th step (output)** (only with --methods every_k): steps 0, k, 2k, ... computed (k = N/B, "
           "last step not forced), output reused in between; with euler this is exactly euler with B steps.",
           "- **Fewer steps**: a plain run with B steps, same sampler/scheduler; *same shift* = the configuration's shift, "

@@ -17,7 +17,8 @@ BASES = ("SenCache (output_extrapolated)", "SenCache (output)")
 SHOW = ("SenCache (output_extrapolated)", "SenCache (output_extrapolated, K=6)", "SenCache (output)",
         "SenCache (output-input)", "EasyCache core (input copied)", "EasyCache core (as-is)",
         "LazyCache core", "TeaCache-style", "MagCache-style", "Fixed interval (output)", "Fixed interval + extrapolation",
-        "Fewer steps (shift 8)", "Fewer steps (same shift)", "Fewer steps (shift tuned)", "Planned schedule")
+        "Fewer steps (shift 8)", "Fewer steps (same shift)", "Fewer steps (shift tuned)", "Planned schedule",
+        "Planned schedule (profile only)")
 
 
 def _cell(row, base: bool) -> str:

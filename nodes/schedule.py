@@ -28,7 +28,8 @@ def base_sigmas(model, scheduler: str, steps: int, denoise: float = 1.0) -> torc
     return s[-(steps + 1):]
 
 
-def planned_sigmas(model, profile, steps: int, scheduler: str, base_steps: int, denoise: float = 1.0):
+def planned_sigmas(model, profile, steps: int, scheduler: str, base_steps: int, denoise: float = 1.0,
+                   spacing: str = plan.SCHEDULER_X_PROFILE):
     """(SIGMAS tensor of steps + 1 values, summary text)."""
     if profile is None:
         raise ProfileError("SenCache Schedule needs a sensitivity profile: connect Load Profile or a Sensitivity Calibrator")
@@ -43,9 +44,11 @@ def planned_sigmas(model, profile, steps: int, scheduler: str, base_steps: int, 
                     "planning with the documented proxy r = %g. A profile from the Sensitivity Calibrator plans better.",
                     plan.DX_PROXY)
     base = base_sigmas(model, scheduler, base_steps or steps, denoise)
-    sig = plan.plan_from_base(profile, steps, base.tolist())
+    if spacing not in plan.SPACINGS:
+        raise ValueError(f"spacing must be one of {plan.SPACINGS} (got {spacing!r})")
+    sig = plan.plan_from_base(profile, steps, base.tolist(), spacing)
     first, last = plan.anchors(base.tolist())
-    text = (f"SenCache Schedule: {steps} steps from σ {first:.4g} to {last:.4g} (then 0), the range of {scheduler} at "
+    text = (f"SenCache Schedule ({spacing}): {steps} steps from σ {first:.4g} to {last:.4g} (then 0), the range of {scheduler} at "
             f"{base_steps or steps} steps; σ = " + ", ".join(f"{v:.4g}" for v in sig))
     return torch.tensor(sig, dtype=torch.float32), text
 
@@ -55,9 +58,9 @@ class SenCacheSchedule(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SenCacheSchedule", display_name="SenCache Schedule", category="SenCache",
-            description="Plans where N sampling steps go from the model's sensitivity profile: each step gets an equal "
-                        "share of the predicted change of the model output, between the first and the last non-zero σ of "
-                        "the base scheduler's schedule. Connect SIGMAS to SamplerCustom (works with SenCache too).",
+            description="Plans where N sampling steps go from the model's sensitivity profile, between the first and the "
+                        "last non-zero σ of the base scheduler's schedule: the scheduler's spacing re-weighted by the "
+                        "predicted change of the model output. Connect SIGMAS to SamplerCustom (works with SenCache too).",
             inputs=[
                 io.Model.Input("model", tooltip="The model you sample with (its model_sampling gives the σ range; shift "
                                                 "nodes before this one count)."),
@@ -71,13 +74,19 @@ class SenCacheSchedule(io.ComfyNode):
                                      "the planned schedule's last one. 0 = the same as steps."),
                 io.Float.Input("denoise", default=1.0, min=0.01, max=1.0, step=0.01,
                                tooltip="Denoise strength (fraction), as in BasicScheduler."),
+                io.Combo.Input("spacing", options=list(plan.SPACINGS), default=plan.SCHEDULER_X_PROFILE, optional=True,
+                               tooltip="scheduler × profile (default): the scheduler's own spacing, with steps moved to where the "
+                                       "profile predicts faster change. profile only: the same predicted output change per "
+                                       "step whatever the scheduler (lost 10-25 dB on the demo model: a flat profile spreads "
+                                       "the steps evenly in σ)."),
             ],
             outputs=[io.Sigmas.Output(tooltip="steps + 1 σ values, descending, ending with 0.")],
         )
 
     @classmethod
-    def execute(cls, model, profile, steps, scheduler, base_steps, denoise) -> io.NodeOutput:
-        sigmas, text = planned_sigmas(model, profile, steps, scheduler, base_steps, denoise)
+    def execute(cls, model, profile, steps, scheduler, base_steps, denoise,
+                spacing=plan.SCHEDULER_X_PROFILE) -> io.NodeOutput:
+        sigmas, text = planned_sigmas(model, profile, steps, scheduler, base_steps, denoise, spacing)
         log.info(text)
         return io.NodeOutput(sigmas, ui={"text": [text]})
 

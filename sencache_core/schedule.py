@@ -3,14 +3,24 @@
 The profile predicts how fast the model output changes along a sampling trajectory, per unit σ:
     g(σ) = α_x(σ)·r(σ) + α_t(σ)
 (‖Δf‖ ≈ α_x·‖Δx‖ + α_t·|Δσ| with ‖Δx‖ ≈ r·|Δσ|; r = the profile's `dx_per_sigma`, the RMS latent change per unit σ
-on the calibration trajectories). A planned schedule gives every step an equal share of ∫ g dσ, so each step is
-predicted to change the output by the same amount (the idea of Align Your Steps, from the model's own profile).
+on the calibration trajectories).
+
+Two spacings (SPACINGS):
+- "scheduler × profile" (the default): the base scheduler's own spacing, re-weighted by the profile. With t ∈ [0, 1]
+  the base schedule's step parameter (its σ points at t = i/m, linear between), every planned step gets an equal
+  share of ∫ g(σ(t)) dt. Steps move towards the σ where the profile predicts a faster change, and the scheduler's
+  shape (e.g. a shift that crowds the steps at high σ) is kept where the profile is flat.
+- "profile only": every step gets an equal share of ∫ g(σ) dσ, i.e. the same predicted output change per step,
+  whatever the base scheduler (Align Your Steps' idea, from the model's own profile).
+On the demo model (euler, 20 steps, CFG 4, shift 5; 3 calibration samples), at 10 / 7 / 5 real steps against the
+20-step run: "scheduler × profile" 51.9 / 47.9 / 39.9 dB, "profile only" 24.9 / 21.1 / 19.7 dB, the base scheduler
+with the same anchors 48.0 / 37.1 / 28.7 dB, plain fewer steps 38.7 / 34.0 / 29.4 dB. A flat profile
+makes "profile only" nearly uniform in σ, which starves the high-σ steps that decide the layout.
 
 Two points are kept from the schedule the user would otherwise run: its first σ (where sampling starts) and its last
-non-zero σ (the final step, σ_last → 0, is the same as in that schedule). Without the second anchor the plan spends
-its steps below that point, where g is small but the final step's size decides much of the result; a planned schedule
-ends at σ_last and then at 0. `plan_sigmas` returns steps + 1 values, descending, ending with 0, the form ComfyUI's
-SIGMAS take.
+non-zero σ (the final step, σ_last → 0, is the same as in that schedule). Without the second anchor a plan with fewer
+steps ends higher and its final step is larger. A planned schedule ends at σ_last and then at 0: `plan_sigmas` and
+`plan_from_base` return steps + 1 values, descending, ending with 0, the form ComfyUI's SIGMAS take.
 
 Profiles without `dx_per_sigma` (imported reference files store only α) use r ≡ DX_PROXY: for a flow model
 x = (1 − σ)·x₀ + σ·n, so dx/dσ = n − x₀, whose RMS lies between 1 (x₀ ≈ 0) and √2 (x₀ of unit variance,
@@ -27,6 +37,9 @@ from .profile import ProfileError, SensitivityProfile
 DX_PROXY = 1.0            # r(σ) for profiles that did not record dx_per_sigma (see the module docstring)
 GRID_POINTS = 4096        # integration grid between σ_last and σ_first
 DENSITY_FLOOR = 1e-6      # g is floored at this fraction of its mean, so its integral is strictly increasing
+SCHEDULER_X_PROFILE = "scheduler × profile"
+PROFILE_ONLY = "profile only"
+SPACINGS = (SCHEDULER_X_PROFILE, PROFILE_ONLY)
 
 
 def has_dx(profile: SensitivityProfile) -> bool:
@@ -55,7 +68,7 @@ def anchors(base_sigmas) -> tuple[float, float]:
 
 def plan_sigmas(profile: SensitivityProfile, steps: int, sigma_first: float, sigma_last: float,
                 grid_points: int = GRID_POINTS) -> list[float]:
-    """A descending schedule of steps + 1 σ values: σ_first, ..., σ_last, 0, with the steps between σ_first and σ_last
+    """"profile only": a descending schedule of steps + 1 σ values: σ_first, ..., σ_last, 0, with the steps between σ_first and σ_last
     placed so that each gets an equal share of ∫ g(σ) dσ over [σ_last, σ_first]. One step: [σ_first, 0]."""
     if not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"steps must be an integer ≥ 1 (got {steps!r})")
@@ -81,10 +94,38 @@ def plan_sigmas(profile: SensitivityProfile, steps: int, sigma_first: float, sig
     return [float(v) for v in pts] + [0.0]
 
 
-def plan_from_base(profile: SensitivityProfile, steps: int, base_sigmas) -> list[float]:
-    """plan_sigmas with the anchors of a base schedule (the one the user would otherwise sample with)."""
+def plan_on_base(profile: SensitivityProfile, steps: int, base_sigmas, grid_points: int = GRID_POINTS) -> list[float]:
+    """"scheduler × profile": steps + 1 σ values from the base schedule's first σ to its last non-zero σ, then 0,
+    placed at equal shares of ∫ g(σ(t)) dt, t the base schedule's step parameter (σ linear between its points)."""
+    if not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps must be an integer ≥ 1 (got {steps!r})")
     first, last = anchors(base_sigmas)
-    return plan_sigmas(profile, steps, first, last)
+    base = np.array([float(v) for v in np.asarray(base_sigmas, dtype=np.float64).reshape(-1) if v > 0])
+    if np.any(np.diff(base) >= 0):
+        raise ValueError("the base schedule must be strictly descending")
+    if steps == 1:
+        return [first, 0.0]
+    if base.size < 2:
+        raise ValueError(f"the base schedule has a single σ > 0 ({first}); give it at least two steps")
+    t = np.linspace(0.0, 1.0, base.size)
+    tf = np.linspace(0.0, 1.0, int(max(grid_points, 2 * steps)))
+    sf = np.interp(tf, t, base)
+    g = output_change_rate(profile, sf)
+    g = np.maximum(g, DENSITY_FLOOR * max(float(g.mean()), 1e-12))
+    cum = np.concatenate([[0.0], np.cumsum(0.5 * (g[1:] + g[:-1]) * np.diff(tf))])
+    pts = np.interp(np.interp(np.linspace(0.0, cum[-1], steps), cum, tf), tf, sf)
+    pts[0], pts[-1] = first, last
+    return [float(v) for v in pts] + [0.0]
+
+
+def plan_from_base(profile: SensitivityProfile, steps: int, base_sigmas, spacing: str = SCHEDULER_X_PROFILE) -> list[float]:
+    """A planned schedule with the anchors of a base schedule (the one the user would otherwise sample with)."""
+    if spacing == SCHEDULER_X_PROFILE:
+        return plan_on_base(profile, steps, base_sigmas)
+    if spacing == PROFILE_ONLY:
+        first, last = anchors(base_sigmas)
+        return plan_sigmas(profile, steps, first, last)
+    raise ValueError(f"spacing must be one of {SPACINGS} (got {spacing!r})")
 
 
 def predicted_step_changes(profile: SensitivityProfile, sigmas, grid_points: int = 256) -> list[float]:

@@ -96,3 +96,35 @@ def test_anchors_refuse_an_empty_schedule():
         S.anchors([0.0, 0.0])
     with pytest.raises(ValueError):
         S.anchors([])
+
+
+def test_scheduler_x_profile_keeps_the_base_spacing_where_the_profile_is_flat():
+    p = SensitivityProfile(sigmas=[0.0, 1.0], alpha_x=[1.0, 1.0], alpha_t=[2.0, 2.0], dx_per_sigma=[1.0, 1.0])
+    base = [1.0, 0.97, 0.92, 0.84, 0.7, 0.5, 0.2, 0.0]          # crowded at high σ, like a shifted schedule
+    same = S.plan_from_base(p, 7, base)
+    assert np.allclose(same, base, atol=1e-3)
+    fewer = S.plan_from_base(p, 4, base)                        # t = 0, 1/3, 2/3, 1 on the base's step parameter
+    assert np.allclose(fewer, [1.0, 0.92, 0.7, 0.2, 0.0], atol=1e-3)
+
+
+def test_scheduler_x_profile_moves_steps_to_where_the_profile_rises():
+    base = list(np.linspace(1.0, 0.1, 10)) + [0.0]
+    flat = SensitivityProfile(sigmas=[0.0, 1.0], alpha_x=[0.0, 0.0], alpha_t=[1.0, 1.0])
+    high = SensitivityProfile(sigmas=[0.0, 0.6, 0.61, 1.0], alpha_x=[0.0] * 4, alpha_t=[1.0, 1.0, 4.0, 4.0])
+    a, b = S.plan_from_base(flat, 6, base), S.plan_from_base(high, 6, base)
+    assert sum(v > 0.6 for v in b) > sum(v > 0.6 for v in a)
+    assert b[0] == 1.0 and b[-2] == pytest.approx(0.1) and b[-1] == 0.0
+    assert all(x > y for x, y in zip(b[:-1], b[1:]))
+    # on a base uniform in σ the two spacings coincide
+    assert np.allclose(S.plan_from_base(high, 6, base), S.plan_from_base(high, 6, base, S.PROFILE_ONLY), atol=2e-3)
+
+
+def test_spacing_and_base_are_checked():
+    p = linear_profile(dx=1.0)
+    with pytest.raises(ValueError, match="spacing"):
+        S.plan_from_base(p, 4, [1.0, 0.5, 0.0], "bogus")
+    with pytest.raises(ValueError, match="descending"):
+        S.plan_from_base(p, 4, [0.5, 1.0, 0.0])
+    with pytest.raises(ValueError, match="single"):
+        S.plan_from_base(p, 4, [0.5, 0.0])
+    assert S.plan_from_base(p, 1, [0.5, 0.0]) == [0.5, 0.0]

@@ -25,6 +25,10 @@ def demo(host, sc):
     return model, profile, [[ctx, {}]], [[torch.zeros_like(ctx), {}]], {"samples": torch.zeros(1, *data.LATENT_SHAPE)}
 
 
+def flat_profile(sc):
+    return sc.core.SensitivityProfile(sigmas=[0.0, 1.0], alpha_x=[1.0, 1.0], alpha_t=[1.0, 1.0], dx_per_sigma=[1.0, 1.0])
+
+
 def node(host, node_id):
     """A node class: the pack's from ComfyUI's registry; core custom-sampling nodes from comfy_extras (library mode
     does not load the extra nodes into the registry)."""
@@ -67,9 +71,13 @@ def test_schedule_node_drives_sampler_custom(host, sc, demo):
     assert float(sigmas[0]) == pytest.approx(float(base[0])) and float(sigmas[-2]) == pytest.approx(float(base[-2]))
     assert torch.all(sigmas[:-1] > sigmas[1:])
     assert "8 steps" in out.ui["text"][0]
-    # the planned steps are predicted to change the output equally (the plan's own criterion, from the profile)
-    shares = sc.schedule.plan.predicted_step_changes(profile, sigmas.tolist())
-    assert max(shares) / min(shares) < 1.01
+    # "profile only": the planned steps are predicted to change the output equally (from the profile)
+    even = node(host, "SenCacheSchedule").execute(model, profile, 8, "simple", 30, 1.0, "profile only").args[0]
+    shares = sc.schedule.plan.predicted_step_changes(profile, even.tolist())
+    assert max(shares) / min(shares) < 1.01 and float(even[-2]) == pytest.approx(float(base[-2]))
+    # the default keeps the scheduler's shape: nearer the base schedule resampled at 8 steps than "profile only" is
+    resampled = torch.tensor(sc.schedule.plan.plan_from_base(flat_profile(sc), 8, base.tolist()))
+    assert (sigmas - resampled).abs().max() < (even - resampled).abs().max()
     rec, seen = sigma_recorder(model)
     planned = sample_custom(host, rec, sigmas, pos, neg, latent)
     assert seen == pytest.approx([float(s) for s in sigmas[:-1]], abs=1e-5)     # euler: one call per step, cond+uncond batched
