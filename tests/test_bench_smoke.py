@@ -63,6 +63,7 @@ def test_learned_bench_smoke(host, demo_weights, tmp_path):
     data = json.loads((out / "wan_template.json").read_text())
     assert data["cost"]["SenCache, learned profile (1 run, no extra pass)"]["extra_evaluations"] == 0
     assert data["cost"]["SenCache, learned profile (1 run, one extra pass per step)"]["extra_evaluations"] == 2.5
+    assert data["cost"]["SenCache, Calibrator profile"]["extra_evaluations"] == 2.5     # the same measurement
     for r in data["results"]:
         for name, per in r["methods"].items():
             if per["3"]["matched"]:
