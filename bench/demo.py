@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import importlib
 import json
 import logging
 import pathlib
@@ -295,6 +296,9 @@ def main(argv=None):
     cmed = {n: statistics.median(v) for n, v in cpu_times.items()}
     w = C.weights_info(args.weights)
     st = dict(G.SENCACHE_DEFAULTS, **sencache)
+    speedup = importlib.import_module(f"{sc.pack.__name__}.nodes.speedup")   # the pack's one definition
+    measured = speedup.measured(med["uncached"], med["sencache"])
+    estimate = trace.get("speedup_text") or "not available"
     lines = [
         "# SenCache demo", "",
         f"Workflow (bench/demo_graph.py, run by ComfyUI's PromptExecutor in-process, node cache off): UNETLoader "
@@ -309,13 +313,12 @@ def main(argv=None):
         + f"; profile: {profile_source} — {profile.describe()}.",
         f"- Model evaluations: uncached {args.steps}; SenCache computed **{trace['computed']} of {trace['total']}** "
         f"(reused {trace['reused']}).",
-        f"- Wall-clock, median of {args.repeats} alternating repeats on this CPU (1 thread, shared machine): whole graph "
-        f"uncached {med['uncached']:.2f} s, SenCache {med['sencache']:.2f} s → **{med['uncached'] / med['sencache']:.2f}×**; "
-        f"sampler call only (inside KSampler) {smed['uncached']:.2f} s vs {smed['sencache']:.2f} s → "
-        f"**{smed['uncached'] / smed['sencache']:.2f}×**; whole graph in CPU time of this process (less sensitive to "
-        f"other jobs on the machine) {cmed['uncached']:.2f} s vs {cmed['sencache']:.2f} s → "
-        f"**{cmed['uncached'] / cmed['sencache']:.2f}×**. All repeats, wall (s): uncached "
-        f"{[round(v, 2) for v in times['uncached']]}, SenCache {[round(v, 2) for v in times['sencache']]}.",
+        f"- Speed: **{measured.text()}**: the whole graph, median of {args.repeats} alternating repeats on this CPU "
+        f"(1 thread, shared machine), uncached {med['uncached']:.2f} s, SenCache {med['sencache']:.2f} s. "
+        f"All repeats, wall (s): uncached {[round(v, 2) for v in times['uncached']]}, SenCache "
+        f"{[round(v, 2) for v in times['sencache']]}. Time inside the KSampler call: {smed['uncached']:.2f} s vs "
+        f"{smed['sencache']:.2f} s; CPU time of this process: {cmed['uncached']:.2f} s vs {cmed['sencache']:.2f} s. "
+        f"The Visualizer's own figure for its run, which has no uncached twin: {estimate}.",
         f"- Quality of SenCache vs uncached (8-bit frames as saved, native 32×32): PSNR **{psnr:.2f} dB**, "
         f"SSIM **{ssim:.4f}**.", "",
         "Files: `uncached.webp`, `sencache.webp` (ComfyUI SaveAnimatedWEBP), `uncached.gif`, `sencache.gif`, "

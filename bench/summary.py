@@ -1,4 +1,4 @@
-"""A compact markdown summary of quality-benchmark results (the table in README.md comes from here).
+"""A compact markdown summary of quality-benchmark results (the tables in docs/RESULTS.md come from here).
 
     .dev/venv/bin/python -m bench.summary results/quality/wan_template.json [more .json ...]
 

@@ -5,7 +5,7 @@
         page.eval("app.graph._nodes.length")              # returnByValue; awaits promises
         page.screenshot("/path/shot.png")
 
-Flags from ../shared/design/HOST.md pitfall 8; a fresh --user-data-dir per browser; the browser runs in its own
+Flags a headless Chromium needs in a container; a fresh --user-data-dir per browser; the browser runs in its own
 process group and close() ends that group. CHROMIUM = /usr/bin/chromium unless $SENCACHE_CHROMIUM is set.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Boot the real ComfyUI host in library mode (CPU, offline). See ../shared/design/HOST.md.
+"""Boot the real ComfyUI host in library mode (CPU, offline).
 
 ComfyUI location: $SENCACHE_COMFYUI if set, else .dev/ComfyUI made by scripts/setup.sh. scripts/test.sh runs the
 suite once per host (0.3.75, and 0.18.1 where its source tree is available), setting SENCACHE_COMFYUI and, for

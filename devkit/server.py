@@ -1,4 +1,4 @@
-"""Run the real ComfyUI server with this pack, for workflow and browser tests (see ../shared/design/HOST.md, pitfall 7).
+"""Run the real ComfyUI server with this pack, for workflow and browser tests.
 
     from devkit.server import ComfyServer
     with ComfyServer(tmp_path, tiny=("tiny_wan21_t2v",)) as srv:       # starts, waits for /object_info

@@ -2,7 +2,7 @@
 ComfyUI's loaders (comfy.sd.load_diffusion_model / UNETLoader) detect like the real files.
 
 Weights are seeded; the module is built on the meta device and every tensor is filled by us
-(comfy.ops creates layers with torch.empty, HOST.md pitfall 3).
+(comfy.ops creates layers with torch.empty).
 """
 from __future__ import annotations
 
@@ -22,6 +22,14 @@ SPECS = {
     # LTXV detection: 32 heads fixed, head_dim = to_k.out // 32, caption_channels 4096, 128 latent channels.
     "tiny_ltxv": ("ltxv", dict(in_channels=128, cross_attention_dim=128, attention_head_dim=4,
                                num_attention_heads=32, caption_channels=4096, num_layers=2)),
+    # A family SenCache does not list (ComfyUI class HunyuanVideo): its sizes come from ComfyUI's own detection of
+    # these key shapes (hidden 128 = one 128-wide head, 16 latent channels, text width 32, a 768-wide pooled vector
+    # as HunyuanVideo 1.0 has, one block of each kind).
+    "tiny_hunyuan_video": ("hunyuan_video", {
+        "img_in.proj.weight": (128, 16, 1, 2, 2), "final_layer.linear.weight": (16 * 4, 128),
+        "txt_in.input_embedder.weight": (128, 32), "txt_in.individual_token_refiner.blocks.0.norm1.weight": (128,),
+        "vector_in.in_layer.weight": (128, 768), "double_blocks.0.img_attn.qkv.weight": (384, 128),
+        "single_blocks.0.linear1.weight": (128, 128)}),
 }
 
 
@@ -33,9 +41,15 @@ def build_module(name: str, seed: int = 0, scale: float = 0.05) -> torch.nn.Modu
         if family == "wan":
             from comfy.ldm.wan.model import WanModel
             module = WanModel(operations=ops, dtype=torch.float32, **kw)
-        else:
+        elif family == "ltxv":
             from comfy.ldm.lightricks.model import LTXVModel
             module = LTXVModel(operations=ops, dtype=torch.float32, **kw)
+        else:
+            import comfy.model_detection
+            from comfy.ldm.hunyuan_video.model import HunyuanVideo
+            shapes = {k: torch.empty(v) for k, v in kw.items()}
+            config = comfy.model_detection.detect_unet_config(shapes, "")
+            module = HunyuanVideo(operations=ops, dtype=torch.float32, **config)
     module = module.to_empty(device="cpu")
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -223,7 +223,35 @@ class Graph:
         self._order()
         return {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": list(self.nodes),
                 "links": self.links, "groups": self.groups, "config": {},
-                "extra": {"ds": {"scale": 0.6, "offset": [40, 40]}, **(extra or {})}, "version": 0.4}
+                "extra": {"ds": fit_view(self.nodes, self.groups), **(extra or {})}, "version": 0.4}
+
+
+# Where a workflow must be fully visible when it opens: the part of ComfyUI's canvas that its menus, tabs, side bar,
+# run toolbar and minimap leave free in a 1600×1000 browser window (viewport about 1600×857), in CSS pixels:
+# left, top, right, bottom. tests/test_ui_browser.py checks the result in the real frontend.
+VIEW_BOX = (75, 145, 1310, 830)
+TITLE_H = 30      # LiteGraph's node title bar, drawn above a node's pos
+# The frontend draws no text below scale 8 / 14 ≈ 0.571 (LGraphCanvas: min_font_size_for_lod / NODE_TEXT_SIZE).
+MIN_SCALE = 0.575
+
+
+def fit_view(nodes, groups=()) -> dict:
+    """The saved view (`extra.ds`) that shows every node and group inside VIEW_BOX: the largest scale up to 1 that
+    fits their bounding box, the box centred horizontally and placed at the top of the view."""
+    boxes = [(n["pos"][0], n["pos"][1] - TITLE_H, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1]) for n in nodes]
+    boxes += [(g["bounding"][0], g["bounding"][1], g["bounding"][0] + g["bounding"][2],
+               g["bounding"][1] + g["bounding"][3]) for g in groups]
+    x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
+    x1, y1 = max(b[2] for b in boxes), max(b[3] for b in boxes)
+    left, top, right, bottom = VIEW_BOX
+    pad = 12
+    scale = min(1.0, (right - left - 2 * pad) / (x1 - x0), (bottom - top - 2 * pad) / (y1 - y0))
+    scale = int(scale * 1000) / 1000             # round down: never larger than what fits
+    if scale < MIN_SCALE:
+        raise WorkflowError(f"the workflow ({x1 - x0:.0f} × {y1 - y0:.0f}) needs scale {scale} to fit the view; below "
+                            f"{MIN_SCALE} the frontend stops drawing text: make the layout more compact")
+    free_x = (right - left) / scale - (x1 - x0)
+    return {"scale": scale, "offset": [round(left / scale + free_x / 2 - x0, 1), round((top + pad) / scale - y0, 1)]}
 
 
 def _darker(hex_color: str) -> str:

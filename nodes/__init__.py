@@ -1,6 +1,8 @@
 """ComfyUI nodes of the SenCache pack (V3 schema). Thin: inputs → sencache_core objects → wrappers."""
 from __future__ import annotations
 
+import logging
+
 import comfy.samplers
 from comfy_api.latest import ComfyExtension, io
 
@@ -10,6 +12,7 @@ from .calibrate import calibrate
 from .runtime import REUSE_MODES, SenCacheSettings
 from .ui_events import NODE_PUBLISHERS
 
+log = logging.getLogger("SenCache")
 Profile = io.Custom("SENCACHE_PROFILE")
 PCT = "fraction of the sampling schedule as ComfyUI counts it (0 = start, highest σ; 1 = end, σ = 0); works in σ, so it holds for any step count, denoise and split sampling"
 
@@ -33,7 +36,7 @@ class SenCache(io.ComfyNode):
                 io.Float.Input("eps_main", default=0.1, min=0.0, max=10.0, step=0.005,
                                tooltip="Reuse threshold ε after the early phase: the predicted RMS change per element of the "
                                        "model output (the model's own output units, e.g. velocity for Wan/LTXV). Higher = faster, "
-                                       "lower fidelity; 0 = never reuse."),
+                                       "lower fidelity; 0 = never reuse (eps_start is then 0 too)."),
                 io.Float.Input("eps_start", default=0.02, min=0.0, max=10.0, step=0.005,
                                tooltip="Stricter ε (same units as eps_main) for the fragile early part of the schedule, until eps_switch_percent. "
                                        "Applies to runs with CFG (an uncond pass) only: without CFG eps_main applies throughout."),
@@ -79,9 +82,10 @@ class SenCache(io.ComfyNode):
                                     high_percentile=use_high_percentile, reuse_mode=reuse_mode,
                                     target_speedup=target_speedup)
         node_id = cls.hidden.unique_id if cls.hidden is not None else None
-        patched, _ = apply_sencache(model, profile, settings, node_id=node_id, publishers=NODE_PUBLISHERS,
+        notes = []
+        patched, _ = apply_sencache(model, profile, settings, node_id=node_id, publishers=NODE_PUBLISHERS, notes=notes,
                                     learning_runs=learning_runs)
-        return io.NodeOutput(patched)
+        return io.NodeOutput(patched, ui={"text": notes} if notes else None)
 
 
 class SensitivityCalibrator(io.ComfyNode):
@@ -90,7 +94,7 @@ class SensitivityCalibrator(io.ComfyNode):
         return io.Schema(
             node_id="SenCacheCalibrator", display_name="Sensitivity Calibrator (SenCache)", category="SenCache",
             description="Samples like a KSampler and measures the model's sensitivities α_x(σ), α_t(σ) on the sampling "
-                        "trajectory (one extra model evaluation per step). Use your own model/LoRA/resolution.",
+                        "trajectory (one extra model evaluation of the positive branch per step). Use your own model/LoRA/resolution.",
             inputs=[
                 io.Model.Input("model", tooltip="The model to calibrate (with your LoRAs applied, without SenCache)."),
                 io.Conditioning.Input("positive", tooltip="Positive conditioning (sensitivities are measured on this branch)."),
@@ -112,10 +116,16 @@ class SensitivityCalibrator(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, runs, denoise, save_as) -> io.NodeOutput:
+        if save_as.strip():
+            profiles.check_prefix(save_as)      # a bad name fails now, not after the whole calibration
         latent, profile = calibrate(model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, runs, denoise)
         text = profile.describe()
         if save_as.strip():
-            text += f"\nsaved: models/sencache/{profiles.save(profile, save_as)}"
+            try:
+                text += f"\nsaved: models/sencache/{profiles.save(profile, save_as)}"
+            except (OSError, ValueError) as e:      # the measured profile still goes out: connect Save Profile
+                log.warning("SenCache: the profile could not be saved as %r: %s", save_as, e)
+                text += f"\nNOT saved ({e}); the profile output is still valid: connect Save Profile to keep it"
         return io.NodeOutput(latent, profile, ui={"text": [text], "images": visualize.profile_preview(profile)})
 
 
@@ -166,7 +176,7 @@ class LoadProfile(io.ComfyNode):
 def _profile_names() -> list[str]:
     import folder_paths
     try:
-        return folder_paths.get_filename_list(profiles.FOLDER)
+        return profiles.safe_names(folder_paths.get_filename_list(profiles.FOLDER))
     except Exception:
         return []
 

@@ -7,6 +7,7 @@ the video latent: the part SenCache measures Δx on (nodes/runtime.py says why).
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 
@@ -122,10 +123,28 @@ def _cross_pass(holder: CalibrationHolder, executor, args, kwargs, to: dict, sig
     return as_parts(executor(*full_args, **full_kwargs))[0][0][rows]
 
 
+def check_calibration_inputs(steps, cfg, sampler_name, scheduler, runs, denoise) -> None:
+    """Refuse what ComfyUI's sampler would silently replace or misread, before any model evaluation."""
+    if sampler_name not in comfy.samplers.KSampler.SAMPLERS:
+        raise ValueError(f"Sensitivity Calibrator: unknown sampler {sampler_name!r}; "
+                         f"one of {', '.join(comfy.samplers.KSampler.SAMPLERS)}")
+    if scheduler not in comfy.samplers.KSampler.SCHEDULERS:
+        raise ValueError(f"Sensitivity Calibrator: unknown scheduler {scheduler!r}; "
+                         f"one of {', '.join(comfy.samplers.KSampler.SCHEDULERS)}")
+    for name, v, lo in (("cfg", cfg, 0.0), ("denoise", denoise, 0.0)):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= lo):
+            raise ValueError(f"Sensitivity Calibrator: {name} must be a finite number ≥ {lo} (got {v})")
+    if not (0 < denoise <= 1):
+        raise ValueError(f"Sensitivity Calibrator: denoise must lie in (0, 1] (got {denoise})")
+    if int(steps) < 2 or int(runs) < 1:
+        raise ValueError(f"Sensitivity Calibrator: need steps ≥ 2 and runs ≥ 1 (got {steps}, {runs})")
+
+
 def calibrate(model, positive, negative, latent: dict, seed: int, steps: int, cfg: float, sampler_name: str,
               scheduler: str, runs: int, denoise: float = 1.0):
     """Run `runs` samplings (seeds seed, seed+1, ...) with the calibration wrappers.
     Returns (latent dict of the first run, SensitivityProfile)."""
+    check_calibration_inputs(steps, cfg, sampler_name, scheduler, runs, denoise)
     facts = model_facts(model)
     m = model.clone()
     holder = CalibrationHolder(facts["latent_channels"])

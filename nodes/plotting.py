@@ -5,11 +5,7 @@ Everything here reads a finished `RunTrace` (and a `SensitivityProfile`); nothin
 Matplotlib is imported lazily and only through its object API with the Agg canvas (no pyplot, no global
 backend switch): ComfyUI runs nodes in a worker thread and pyplot's global state is not thread-safe.
 
-Speed-up estimate (stated as an estimate everywhere it is shown): the run took `wall` seconds, of which
-`model` seconds were model calls for `computed` evaluations. Computing every evaluation would have cost
-about `wall + reused · model / computed`, so
-
-    speed-up ≈ (wall + reused · model / computed) / wall.
+The speed-up shown is the run's estimate, defined once in nodes/speedup.py.
 """
 from __future__ import annotations
 
@@ -19,6 +15,7 @@ from collections import Counter
 import numpy as np
 
 from ..sencache_core.trace import RunTrace
+from . import speedup
 
 COMPUTED_COLOR = "#3465a4"   # blue: the model ran
 REUSED_COLOR = "#4e9a06"     # green: the cached output was reused (the web strip uses the same colours)
@@ -29,12 +26,39 @@ AT_COLOR = "#f57900"
 
 # ---- numbers -------------------------------------------------------------------------------------------
 def speedup_estimate(trace: RunTrace) -> float | None:
-    """Estimated speed-up from measured times (see module docstring); None if it cannot be estimated."""
-    wall, computed = trace.wall_seconds, trace.computed
-    if not wall or wall <= 0 or computed <= 0:
+    """The run's estimated speed-up (nodes/speedup.py); None if it cannot be estimated."""
+    return speedup.of_trace(trace).value
+
+
+_REASON_TEXT = {
+    "score_above_eps": "the predicted change S stayed above ε",
+    "sigma_outside_profile": "the run's σ lie outside the profile's measured range (calibrate with this schedule)",
+    "max_consecutive": "max_consecutive_reuse (K) is 0",
+    "protected": "reuse_start_percent / reuse_end_percent exclude these steps",
+    "cache_invalid": "the cached output did not fit (shape, device or non-finite values)",
+}
+
+
+def no_reuse_reason(trace: RunTrace) -> str | None:
+    """Why a finished run reused nothing, in the user's terms; None when it reused something. The runtime's own
+    reason (trace.config["no_reuse_reason"], from planning) wins; otherwise it is read off the decisions."""
+    given = (trace.config or {}).get("no_reuse_reason")
+    if given:
+        return str(given)
+    if trace.reused or not trace.steps or trace.interrupted:
         return None
-    per_eval = trace.model_seconds / computed
-    return (wall + trace.reused * per_eval) / wall
+    reasons = Counter(s.reason for s in trace.steps)
+    main = [r for r, _ in reasons.most_common() if r not in ("first", "final_step")]
+    if not main:
+        return (f"only {len(trace.steps)} evaluations: the first and the final step are always computed, so nothing "
+                "is left to reuse")
+    text = _REASON_TEXT.get(main[0], main[0])
+    if main[0] == "score_above_eps":
+        pairs = [(s.score, s.eps) for s in trace.steps if s.reason == "score_above_eps" and s.score is not None]
+        lo = min(pairs)
+        text += (f" (smallest S {lo[0]:.3g} against ε {lo[1]:.3g}); raise eps_main, or set target_speedup so ε "
+                 "is derived from the profile")
+    return text + " [" + ", ".join(f"{k} {v}" for k, v in reasons.most_common()) + "]"
 
 
 def _finite(v):
@@ -54,9 +78,10 @@ def compact(trace: RunTrace, node_id=None) -> dict:
     return {
         "node_id": None if node_id is None else str(node_id),
         "computed": trace.computed, "reused": trace.reused, "total": len(trace.steps),
-        "speedup": _finite(sp),
+        "speedup": _finite(sp), "speedup_kind": speedup.of_trace(trace).kind,
+        "speedup_text": speedup.of_trace(trace).text(),
         "wall_seconds": _finite(trace.wall_seconds), "model_seconds": _finite(trace.model_seconds),
-        "interrupted": bool(trace.interrupted),
+        "interrupted": bool(trace.interrupted), "no_reuse_reason": no_reuse_reason(trace),
         "status": (trace.config or {}).get("profile_status"),
         "settings": {k: _finite(trace.config.get(k)) if k != "max_consecutive" else trace.config.get(k)
                      for k in ("eps_start", "eps_main", "max_consecutive")},
@@ -76,10 +101,12 @@ def summary_line(trace: RunTrace) -> str:
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
     parts.append(f"eps_start={fmt(c.get('eps_start'))}, eps_main={fmt(c.get('eps_main'))}, K={c.get('max_consecutive')}"
                  + (f" (from target speed-up {c['budget']['target_speedup']}x)" if c.get("budget") else ""))
-    if c.get("no_reuse_reason"):
-        parts.append(f"no reuse possible: {c['no_reuse_reason']}")
     wall = trace.wall_seconds if trace.wall_seconds is not None else 0.0
     parts.append(f"run {wall:.2f} s, model calls {trace.model_seconds:.2f} s")
+    parts.append(speedup.of_trace(trace).text())
+    why = no_reuse_reason(trace)
+    if why:
+        parts.append(f"nothing reused: {why}")
     if trace.interrupted:
         parts.append("INTERRUPTED")
     return "SenCache: " + "; ".join(parts)
@@ -94,9 +121,10 @@ def summary(trace: RunTrace, profile=None, node_id=None) -> str:
     sp = speedup_estimate(trace)
     if sp is not None:
         per = trace.model_seconds / c
-        lines.append(f"Speed-up ≈ {sp:.2f}× (an estimate from measured times: run {trace.wall_seconds:.3f} s wall, "
-                     f"model calls {trace.model_seconds:.3f} s for {c} computed evaluations = {per:.4f} s each; "
-                     f"computing all {n} would have taken ≈ {trace.wall_seconds + r * per:.3f} s).")
+        lines.append(f"{speedup.of_trace(trace).text().capitalize()} ({speedup.ESTIMATE_NOTE}: run "
+                     f"{trace.wall_seconds:.3f} s wall, model calls {trace.model_seconds:.3f} s for {c} computed "
+                     f"evaluations = {per:.4f} s each; computing all {n} would have taken ≈ "
+                     f"{trace.wall_seconds + r * per:.3f} s).")
     else:
         lines.append("Speed-up: not available (no finished run with computed evaluations).")
     cfg = trace.config or {}
@@ -113,6 +141,9 @@ def summary(trace: RunTrace, profile=None, node_id=None) -> str:
         lines.append("Per cond: " + ", ".join(f"{k} {a} computed/{b} reused" for k, (a, b) in sorted(pc.items())) + ".")
     if profile is not None:
         lines.append(profile.describe())
+    why = no_reuse_reason(trace)
+    if why:
+        lines.append(f"Nothing reused: {why}.")
     for w in trace.warnings:
         lines.append(f"Warning: {w}")
     return "\n".join(lines)
@@ -206,8 +237,8 @@ def render_run(trace: RunTrace, profile, title: str | None = None, width_px: int
     sp = speedup_estimate(trace)
     head = title or "SenCache run"
     line1 = f"{head}: computed {trace.computed}/{n} model evaluations ({trace.reused} reused)"
-    line2 = (f"measured speed-up ≈ {sp:.2f}×   (estimate from measured times: (wall + reused × mean model-call time) / wall; "
-             f"wall {trace.wall_seconds:.2f} s)" if sp is not None else "speed-up: not available")
+    line2 = (f"{speedup.of_trace(trace).text()}   ((wall + reused × model-call time per computed evaluation) / wall; "
+             f"wall {trace.wall_seconds:.2f} s)" if sp is not None else speedup.of_trace(trace).text())
     if trace.interrupted:
         line2 += "  —  run was INTERRUPTED"
     fig.text(0.5, 0.975, line1, ha="center", va="top", fontsize=17, weight="bold")

@@ -3,15 +3,20 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 import folder_paths
 
 from ..sencache_core import ProfileError, SensitivityProfile
+from ..sencache_core.profile import npz_preset_for_name
 
 log = logging.getLogger("SenCache")
 FOLDER = "sencache"
 EXTENSIONS = {".safetensors", ".npz"}
 NPZ_PRESETS = ["auto", "wan21", "cogvideox15", "ltx091"]
+# Characters a profile name may not contain: markup (ComfyUI's frontend renders combo entries as HTML in places)
+# and control characters. Such files are left out of Load Profile's list and refused by Save Profile.
+UNSAFE_NAME = re.compile(r"[<>&\"'`\x00-\x1f\x7f]")
 
 
 def register_folder() -> None:
@@ -40,27 +45,75 @@ def resolve(name: str) -> str:
     return path
 
 
+def safe_names(names: list[str]) -> list[str]:
+    """The profile names Load Profile lists: those without markup or control characters (a warning per file left out)."""
+    keep = []
+    for n in names:
+        if UNSAFE_NAME.search(n):
+            log.warning("SenCache: profile file %r is left out of Load Profile's list: its name contains markup or "
+                        "control characters; rename it", n)
+        else:
+            keep.append(n)
+    return keep
+
+
 def load(name: str, npz_preset: str = "auto") -> SensitivityProfile:
     path = resolve(name)
     if path.lower().endswith(".npz"):
         profile = SensitivityProfile.from_reference_npz(path, None if npz_preset == "auto" else npz_preset)
+        for w in npz_warnings(name, npz_preset, profile):
+            log.warning("SenCache: %s", w)
     else:
         profile = SensitivityProfile.load(path)
     profile.metadata.setdefault("name", name)
     return profile
 
 
+def npz_warnings(name: str, npz_preset: str, profile: SensitivityProfile) -> list[str]:
+    """What a user must know about a converted reference .npz: rows dropped, a preset its name contradicts."""
+    out = []
+    m = profile.metadata
+    if m.get("dropped_rows"):
+        out.append(f"{name}: {m['dropped_rows']} of {m.get('rows', '?')} rows were dropped (not finite after the "
+                   f"conversion with preset '{m.get('preset')}')")
+    guess = npz_preset_for_name(name)
+    if npz_preset not in ("auto", None) and guess is not None and guess != npz_preset:
+        lo, hi = profile.sigma_range
+        out.append(f"{name} looks like a {guess} file but was converted with npz_preset '{npz_preset}': its σ range "
+                   f"[{lo:.4g}, {hi:.4g}] and α_t units are then wrong for {guess}; choose '{guess}' or 'auto'")
+    return out
+
+
+def check_prefix(filename_prefix: str) -> tuple[str, str]:
+    """(sub-folder, stem) of a save prefix, or ProfileError before any work is done: empty, absolute, '..', markup
+    characters, or a sub-folder that resolves outside models/sencache (a symlink), which Load Profile would refuse."""
+    prefix = (filename_prefix or "").strip().replace("\\", "/")
+    if not prefix or os.path.isabs(prefix) or ".." in prefix.split("/"):
+        raise ProfileError(f"invalid filename prefix {filename_prefix!r}: use a name (sub-folders allowed) inside "
+                           f"models/{FOLDER}")
+    if UNSAFE_NAME.search(prefix):
+        raise ProfileError(f"invalid filename prefix {filename_prefix!r}: it may not contain < > & \" ' ` or control "
+                           "characters")
+    sub, stem = os.path.split(prefix)
+    if not stem:
+        raise ProfileError(f"invalid filename prefix {filename_prefix!r}: it ends with '/'; add a file name")
+    base = os.path.realpath(folder_paths.get_folder_paths(FOLDER)[0])
+    folder = os.path.realpath(os.path.join(base, sub))
+    if os.path.commonpath([folder, base]) != base:
+        raise ProfileError(f"filename prefix {filename_prefix!r} leads outside models/{FOLDER} (through a symbolic "
+                           "link); Load Profile would refuse the file. Choose another sub-folder")
+    return sub, stem
+
+
 def save(profile: SensitivityProfile, filename_prefix: str) -> str:
     """Save as models/sencache/<prefix>_00001.safetensors (next free counter); returns the file name."""
+    sub, stem = check_prefix(filename_prefix)
     base = profile_dir()
-    prefix = filename_prefix.strip().replace("\\", "/")
-    if not prefix or os.path.isabs(prefix) or ".." in prefix.split("/"):
-        raise ProfileError(f"invalid filename prefix {filename_prefix!r}")
-    sub, stem = os.path.split(prefix)
     folder = os.path.join(base, sub)
     os.makedirs(folder, exist_ok=True)
+    sub, stem = check_prefix(filename_prefix)      # again: the folder exists now, so any link in it is resolved
     n = 1
-    while os.path.exists(os.path.join(folder, f"{stem}_{n:05d}.safetensors")):
+    while os.path.lexists(os.path.join(folder, f"{stem}_{n:05d}.safetensors")):
         n += 1
     rel = os.path.join(sub, f"{stem}_{n:05d}.safetensors") if sub else f"{stem}_{n:05d}.safetensors"
     tmp = os.path.join(base, rel + ".tmp")

@@ -186,13 +186,16 @@ class RunState:
         cou = list(to.get("cond_or_uncond") or [])
         names = [("uncond" if c == 1 else "cond") if c in (0, 1) else str(u)
                  for u, c in zip(keys, cou + [None] * (len(keys) - len(cou)))]
-        stream = self._stream(to)
+        wkey = self._window_key(to)
+        stream = self.streams.get(wkey)
+        if stream is None:
+            stream = self.streams[wkey] = Stream()
         if "uncond" in names and not stream.saw_uncond:
             stream.saw_uncond = True
             if not self.keeps_previous(stream):
                 stream.previous.clear()
         if stream.eval_id != self.eval_id or stream.record is None or any(k in stream.served for k in keys):
-            self._decide(stream, parts, keys, to)
+            self._decide(stream, parts, keys, to["sigmas"], wkey)
         record = stream.record
         stream.served.update(keys)
         if record.reuse and self._cache_usable(stream, keys, parts):
@@ -201,15 +204,13 @@ class RunState:
             return (out if stream.out_is_list else out[0]), None
         return None, PendingCall(stream, record, keys, names, self._clock_start(parts[0]))
 
-    def _stream(self, to: dict) -> Stream:
+    @staticmethod
+    def _window_key(to: dict):
+        """The context window of this call (a tuple of frame indices), None for the whole latent."""
         window = to.get("context_window")
-        wkey = tuple(window.index_list) if window is not None and hasattr(window, "index_list") else None
-        stream = self.streams.get(wkey)
-        if stream is None:
-            stream = self.streams[wkey] = Stream()
-        return stream
+        return tuple(window.index_list) if window is not None and hasattr(window, "index_list") else None
 
-    def _decide(self, stream: Stream, parts: list, keys: list, to: dict) -> None:
+    def _decide(self, stream: Stream, parts: list, keys: list, sigmas: torch.Tensor, wkey) -> None:
         """The decision of a new evaluation: one host transfer (σ, and Δx and the finiteness of the cached outputs
         where they can matter), the policy's answer, and the trace record."""
         stream.eval_id, stream.served = self.eval_id, set()
@@ -229,7 +230,7 @@ class RunState:
             stream.policy_state, ref = PolicyState(), None
         state = stream.policy_state
         want_dx = ref is not None and policy.needs_dx(state, None, False, self._cache_usable(stream, keys, parts))
-        sigma, dx = self._measure(stream, to["sigmas"], x_lat if want_dx else None, ref)
+        sigma, dx = self._measure(stream, sigmas, x_lat if want_dx else None, ref)
         cache_ok = self._cache_usable(stream, keys, parts) if caching else True   # nothing is cached otherwise
         decision = policy.decide(state, sigma, dx, self.plan.is_final(sigma), cache_ok)
         policy.commit(state, sigma, decision)
@@ -241,8 +242,6 @@ class RunState:
             self.trace.warnings.append(msg)
         if not decision.reuse and caching:
             stream.x_ref = x_lat.detach().clone()
-        window = to.get("context_window")
-        wkey = tuple(window.index_list) if window is not None and hasattr(window, "index_list") else None
         stream.record = StepRecord(len(self.trace.steps), sigma, decision.reuse, decision.reason, decision.score,
                                    decision.eps, decision.dx, decision.dsigma,
                                    window=None if wkey is None else [wkey[0], wkey[-1]])

@@ -73,7 +73,7 @@ class SenCacheVisualizer(io.ComfyNode):
             description="Plots the last sampling run of a SenCache model: the sensitivity profile α_x(σ), α_t(σ), per step "
                         "the predicted change S against the threshold ε with computed and reused steps marked, and the "
                         "cumulative model evaluations against an uncached run; the title gives computed/total and the "
-                        "measured speed-up (an estimate from measured times).",
+                        "estimated speed-up (from the evaluation counts and the measured time per model call).",
             inputs=[
                 io.Model.Input("model", tooltip="The MODEL output of the SenCache node (the one your sampler used)."),
                 io.Latent.Input("latent", tooltip="The sampler's output LATENT. Only orders execution: the plot is made "

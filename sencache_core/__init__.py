@@ -5,7 +5,7 @@ Units, stated once here and used everywhere in the pack:
   the model's own `timestep` argument may be σ·1000, which we never use).
 - Norms are RMS over the elements of one sample's noisy-latent channels (see `norms.rms`), so
   α_x = ‖Δf‖_rms / ‖Δx‖_rms is dimensionless, α_t = ‖Δf‖_rms per unit σ, and ε is a predicted
-  RMS change of the model output per element (METHOD.md §2).
+  RMS change of the model output per element (docs/METHOD.md §2).
 """
 from .norms import rms, rms_diff
 from .profile import SensitivityProfile, ProfileError, merge_profiles, D_PRESETS

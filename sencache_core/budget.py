@@ -82,7 +82,7 @@ def k_for_budget(n: int, budget: int, forced: set, floor: int = 1) -> int:
 # phase), at budgets of about 1/3 of the steps or fewer: at least this many reuses in a row. The tight K of
 # k_for_budget left the policy no room there: K = 6 gave
 # +4 to +9.7 dB at 1/3 and 1/4 of the steps on validation and on test samples, and −5 to −7 dB at 1/2, where the tight
-# K = 2 stays (results/experiments/README.md, rounds 12–14).
+# K = 2 stays (docs/RESULTS.md).
 UNGUIDED_MIN_K = 6
 UNGUIDED_WIDE_K_FRACTION = 0.35    # budgets ≤ this fraction of the steps (1/3 and 1/4 measured; 1/2 not) get it
 

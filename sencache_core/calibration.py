@@ -1,4 +1,4 @@
-"""On-trajectory sensitivity calibration (METHOD.md §3, our estimator).
+"""On-trajectory sensitivity calibration (docs/METHOD.md §3, our estimator).
 
 For consecutive computed evaluations (x_k, σ_k), (x_{k+1}, σ_{k+1}) of a normal sampling run and one extra
 evaluation f(x_{k+1}, σ_k):

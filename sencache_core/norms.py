@@ -1,7 +1,7 @@
 """The one norm of the pack: RMS over elements (‖v‖_rms = ‖v‖_F / sqrt(numel)).
 
 The reference code compares Frobenius-norm scores with ε·sqrt(D); dividing both sides by sqrt(D) gives
-exactly this RMS form, so ε means the same at every resolution (METHOD.md §2).
+exactly this RMS form, so ε means the same at every resolution (docs/METHOD.md §2).
 """
 import torch
 

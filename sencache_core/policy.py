@@ -1,6 +1,6 @@
 """The reuse decision: the one place in the pack that decides whether a model evaluation is reused.
 
-Rule (METHOD.md §1–2), per model evaluation at noise level σ with latent x:
+Rule (docs/METHOD.md §1–2), per model evaluation at noise level σ with latent x:
     S = α_x(σ_r)·‖x − x_r‖_rms + α_t(σ_r)·|σ − σ_r|
     reuse  iff  S < ε(σ)  and fewer than K evaluations in a row have been reused
 where (x_r, σ_r) is the reference (the last computed evaluation), Δx and Δσ are cumulative from it, and
@@ -72,7 +72,7 @@ class ReusePolicy:
         """The policy for a run with (guided) or without an unconditional pass. The stricter early phase protects
         what CFG decides in the first steps, where the guidance scale amplifies any error of the reused outputs;
         without guidance those first steps (tiny Δσ at a high shift) are the cheapest to reuse, and keeping them
-        strict cost up to 6.3 dB at equal evaluations on the demo model (results/experiments/README.md)."""
+        strict cost up to 6.3 dB at equal evaluations on the demo model (docs/RESULTS.md)."""
         return self if guided else replace(self, eps_start=self.eps_main)
 
     def eps_at(self, sigma: float) -> float:

@@ -4,10 +4,17 @@ Units (see package docstring): σ is ComfyUI's sampler σ; α_x is dimensionless
 the model output per unit σ. `dx_per_sigma` is the typical ‖Δx‖_rms per unit σ along the trajectories it
 was measured on (lets a budget be simulated). Lookup interpolates linearly in σ, so any step count,
 scheduler, shift, denoise or split sampling can use one profile.
+
+Above its top σ a profile is used flat (the values at its top) when that top is already high-noise
+(σ ≥ HIGH_NOISE_SIGMA: noise at least 10x the signal in RMS). Zero-terminal-SNR schedules (CogVideoX: ComfyUI's σ
+table ends at σ ≈ 4519) start far above where a measurement or reference table may end, and the first evaluation of
+a run is computed anyway; this is logged once per profile at INFO. Below the lowest σ, and above a top that is not
+high-noise, σ beyond RANGE_TOLERANCE is not covered: those evaluations are computed.
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -24,8 +31,11 @@ UNITS = {"sigma": "ComfyUI sampler sigma (flow models: t in [0,1])", "norm": "RM
          "dx_per_sigma": "RMS of latent change per unit sigma", "alpha_hi": "per-sigma high percentile"}
 # Tolerance for lookups just outside the measured σ range, as a fraction of the range's width.
 RANGE_TOLERANCE = 0.05
+# A profile whose top σ is at least this covers every σ above it with its top values (module docstring).
+HIGH_NOISE_SIGMA = 10.0
+log = logging.getLogger("SenCache")
 
-# Latent sizes D = elements of one sample's latent in the reference code's defaults (METHOD.md §2, §6).
+# Latent sizes D = elements of one sample's latent in the reference code's defaults (docs/METHOD.md §2, §6).
 D_PRESETS = {
     "wan21": 16 * 21 * 60 * 104,        # sqrt = 1447.98
     "cogvideox15": 14 * 16 * 60 * 90,   # sqrt = 1099.82
@@ -49,6 +59,7 @@ class SensitivityProfile:
     dx_per_sigma: np.ndarray | None = None
     counts: np.ndarray | None = None
     metadata: dict = field(default_factory=dict)
+    _noted_above: bool = field(default=False, init=False, repr=False, compare=False)   # INFO note logged once
 
     def __post_init__(self):
         n = len(np.atleast_1d(self.sigmas))
@@ -85,16 +96,25 @@ class SensitivityProfile:
     def sigma_range(self) -> tuple[float, float]:
         return float(self.sigmas[0]), float(self.sigmas[-1])
 
+    def extends_above(self) -> bool:
+        """Whether σ above the measured range is covered flat by the top values (top σ already high-noise)."""
+        return self.sigma_range[1] >= HIGH_NOISE_SIGMA
+
     def covers(self, sigma: float) -> bool:
         lo, hi = self.sigma_range
         tol = RANGE_TOLERANCE * max(hi - lo, 1e-6)
-        return lo - tol <= sigma <= hi + tol
+        return lo - tol <= sigma <= hi + tol or (sigma > hi and self.extends_above())
 
     def lookup(self, sigma: float, high_percentile: bool = False) -> tuple[float, float] | None:
         """(α_x, α_t) at σ, linearly interpolated (clamped at the ends); None if σ lies outside the
-        measured range by more than RANGE_TOLERANCE of its width."""
+        measured range by more than RANGE_TOLERANCE of its width (above a high-noise top: covered flat)."""
         if not math.isfinite(sigma) or not self.covers(sigma):
             return None
+        lo, hi = self.sigma_range
+        if sigma > hi + RANGE_TOLERANCE * max(hi - lo, 1e-6) and not self._noted_above:
+            self._noted_above = True
+            log.info("SenCache: σ=%.4g lies above the profile's top σ=%.4g; the top is already high-noise, so the "
+                     "profile's top values are used there (noted once per profile)", sigma, hi)
         ax = self.alpha_x_hi if high_percentile else self.alpha_x
         at = self.alpha_t_hi if high_percentile else self.alpha_t
         return float(np.interp(sigma, self.sigmas, ax)), float(np.interp(sigma, self.sigmas, at))
@@ -146,19 +166,22 @@ class SensitivityProfile:
 
     @classmethod
     def from_reference_npz(cls, path: str | os.PathLike, preset: str | None = None) -> "SensitivityProfile":
-        """Import the reference code's `sensitivity_{wan21,cogvid,ltx}.npz` (METHOD.md §6).
+        """Import the reference code's `sensitivity_{wan21,cogvid,ltx}.npz` (docs/METHOD.md §6).
 
         `timesteps` are in 0..1000 units and J_t_norm is a Frobenius norm over the reference latent of D
-        elements per timestep unit. We convert to our units: α_t[per σ] = J_t_norm / sqrt(D) · |dt/dσ|, with
-        σ = t/1000 for the flow models (Wan 2.1, LTX-Video), and σ(t) = sqrt((1-ᾱ_t)/ᾱ_t) of CogVideoX's
-        scaled-linear, zero-terminal-SNR DDPM schedule (approximate: calibrate with the node for best results).
+        elements per timestep unit, measured as a finite difference from each t to the next lower t of the file's
+        own grid. We convert to our units over that same interval: α_t[per σ] = J_t_norm / sqrt(D) · Δt/Δσ with
+        Δσ = |σ(t) − σ(t_next)| (the secant; the lowest t uses the interval above it). σ = t/1000 for the flow
+        models (Wan 2.1, LTX-Video), where the secant equals the slope; for CogVideoX σ(t) = sqrt((1-ᾱ_t)/ᾱ_t) of its
+        scaled-linear DDPM schedule rescaled to zero terminal SNR, with the last ᾱ as ComfyUI sets it (σ(999) ≈
+        4519). The reference predicts α_t·|Δt| for a skip; ours α_t·|Δσ|: equal for a skip of one grid interval,
+        and below the reference's where σ(t) curves (CogVideoX near t = 1000) for longer skips.
         J_x_norm is a ratio of norms over the same elements, hence already RMS/RMS.
         """
         path = os.fspath(path)
         _check_size(path)
-        name = os.path.basename(path).lower()
         if preset is None or preset == "auto":
-            preset = "wan21" if "wan" in name else "cogvideox15" if "cog" in name else "ltx091" if "ltx" in name else None
+            preset = npz_preset_for_name(path)
             if preset is None:
                 raise ProfileError(f"cannot tell which model {os.path.basename(path)} belongs to: choose a preset "
                                    f"({', '.join(D_PRESETS)})")
@@ -178,16 +201,20 @@ class SensitivityProfile:
             raise ProfileError(f"{os.path.basename(path)}: arrays are empty or of different lengths")
         sqrt_d = math.sqrt(D_PRESETS[preset])
         if preset == "cogvideox15":
-            sigma, dsigma_dt = _cogvideox_sigma(t)
-        else:
+            sigma = _cogvideox_sigma(t)
+            dsigma_dt = _secant_dsigma_dt(t, sigma)
+        else:   # σ = t/1000: the secant is the slope
             sigma, dsigma_dt = t / 1000.0, np.full_like(t, 1 / 1000.0)
         alpha_t = jt / sqrt_d / dsigma_dt
-        keep = np.isfinite(sigma) & np.isfinite(alpha_t) & np.isfinite(jx)
+        keep = np.isfinite(sigma) & np.isfinite(alpha_t) & np.isfinite(jx) & np.isfinite(counts)
+        if not keep.any():
+            raise ProfileError(f"{os.path.basename(path)}: no row is finite after conversion with preset '{preset}'")
         order = np.argsort(sigma[keep], kind="stable")
         s, ax, at, c = sigma[keep][order], jx[keep][order], alpha_t[keep][order], counts[keep][order]
         s, idx = np.unique(s, return_index=True)
         meta = {"source": "reference_npz", "file": os.path.basename(path), "preset": preset, "D": D_PRESETS[preset],
-                "fingerprint": None, "latent_channels": {"wan21": 16, "cogvideox15": 16, "ltx091": 128}[preset]}
+                "fingerprint": None, "latent_channels": {"wan21": 16, "cogvideox15": 16, "ltx091": 128}[preset],
+                "dropped_rows": int((~keep).sum()), "rows": int(t.size)}
         return cls(sigmas=s, alpha_x=ax[idx], alpha_t=at[idx], counts=c[idx], metadata=meta)
 
     def describe(self) -> str:
@@ -196,6 +223,12 @@ class SensitivityProfile:
         return (f"SenCache profile: {self.sigmas.size} σ points in [{lo:.4g}, {hi:.4g}], "
                 f"runs={m.get('runs', '?')}, source={m.get('source', '?')}, "
                 f"α_x {self.alpha_x.min():.3g}..{self.alpha_x.max():.3g}, α_t {self.alpha_t.min():.3g}..{self.alpha_t.max():.3g}")
+
+
+def npz_preset_for_name(path: str | os.PathLike) -> str | None:
+    """The preset a reference file's name suggests (sensitivity_wan21.npz → wan21, ...), or None."""
+    name = os.path.basename(os.fspath(path)).lower()
+    return "wan21" if "wan" in name else "cogvideox15" if "cog" in name else "ltx091" if "ltx" in name else None
 
 
 def _check_size(path: str) -> None:
@@ -209,23 +242,36 @@ def _check_size(path: str) -> None:
         raise ProfileError(f"profile file {os.path.basename(path)} is {size/1e6:.0f} MB; a profile is a few KB — refusing it")
 
 
-def _cogvideox_sigma(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """σ(t) and dσ/dt for CogVideoX's DDPM schedule (scaled-linear betas 0.00085..0.012, 1000 steps,
-    rescaled to zero terminal SNR as in its scheduler config). t is the integer scheduler step."""
+def _cogvideox_sigma(t: np.ndarray) -> np.ndarray:
+    """σ(t) of CogVideoX's schedule as ComfyUI's sampler uses it: scaled-linear betas 0.00085..0.012 over 1000 steps,
+    rescaled to zero terminal SNR with the last ᾱ set to 4.8973451890853435e-08 (ComfyUI's
+    rescale_zero_terminal_snr_sigmas), so σ(999) ≈ 4519 is finite. t is the scheduler step (interpolated between
+    integers; outside 0..999 it is not finite)."""
     betas = np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000) ** 2
-    abar = np.cumprod(1.0 - betas)
-    sqrt_abar = np.sqrt(abar)
+    sqrt_abar = np.sqrt(np.cumprod(1.0 - betas))
     s0, sT = sqrt_abar[0], sqrt_abar[-1]
-    sqrt_abar = (sqrt_abar - sT) * s0 / (s0 - sT)          # zero terminal SNR rescale
-    abar = sqrt_abar ** 2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        sig_table = np.sqrt((1 - abar) / abar)
-    grid = np.arange(1000, dtype=np.float64)
-    finite = np.isfinite(sig_table)
-    sigma = np.interp(t, grid[finite], sig_table[finite], right=np.inf)
-    dsig = np.gradient(np.where(finite, sig_table, np.nan), grid)
-    dsigma_dt = np.abs(np.interp(t, grid[finite], np.nan_to_num(dsig[finite], nan=np.inf)))
-    return sigma, dsigma_dt
+    abar = ((sqrt_abar - sT) * s0 / (s0 - sT)) ** 2
+    abar[-1] = 4.8973451890853435e-08
+    table = np.sqrt((1 - abar) / abar)
+    t = np.asarray(t, dtype=np.float64)
+    return np.where((t >= 0) & (t <= 999), np.interp(t, np.arange(1000.0), table), np.inf)
+
+
+def _secant_dsigma_dt(t: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """|Δσ/Δt| from each t to the next lower t of the same grid (the lowest t: from the next higher one); NaN where
+    that is undefined (a single point, repeated t or σ)."""
+    order = np.argsort(t, kind="stable")
+    ts, ss = t[order], sigma[order]
+    out_sorted = np.full(t.shape, np.nan)
+    if t.size >= 2:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            slope = np.abs(np.diff(ss) / np.diff(ts))           # slope of interval [ts[i], ts[i+1]]
+        out_sorted[1:] = slope                                  # each t uses the interval below it
+        out_sorted[0] = slope[0]                                # the lowest t: the interval above it
+    out = np.empty_like(out_sorted)
+    out[order] = out_sorted
+    out[~np.isfinite(out) | (out <= 0)] = np.nan
+    return out
 
 
 def merge_profiles(profiles: list[SensitivityProfile]) -> SensitivityProfile:

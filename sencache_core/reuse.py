@@ -3,7 +3,7 @@
 `extrapolate`: the first-order extrapolation in σ of the model output from the last two computed evaluations,
     f(σ) ≈ f(σ_r) + (σ − σ_r) · (f(σ_r) − f(σ_p)) / (σ_r − σ_p)
 (σ_r: the reference, the last computed evaluation; σ_p: the one computed before it). On the demo model it gained up
-to 4.8 dB over reusing f(σ_r) without CFG and lost up to 20 dB with CFG 6 (results/experiments/README.md), so the
+to 4.8 dB over reusing f(σ_r) without CFG and lost up to 20 dB with CFG 6 (docs/RESULTS.md), so the
 runtime applies it only to runs without an unconditional pass.
 """
 from __future__ import annotations

@@ -94,6 +94,9 @@ def test_demo_smoke(host, demo_weights, tmp_path):
         assert (out / f).exists(), f
     rep = (out / "report.md").read_text()
     assert "PSNR" in rep and "SenCache computed" in rep
+    # one speed-up definition: the measured figure once (against the uncached runs), the Visualizer's an estimate
+    assert rep.count("measured speed-up") == 1 and "(wall-clock vs an uncached run)" in rep
+    assert "estimated speed-up ≈" in rep
 
 
 def test_euler_every_other_step_is_euler_with_half_the_steps(host, demo_weights):

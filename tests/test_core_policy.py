@@ -60,13 +60,38 @@ def test_reference_npz_import_matches_hand_computation(tmp_path):
     assert np.allclose(q.alpha_t, 1015.97 / math.sqrt(128 * 21 * 16 * 24) * 1000) and q.metadata["latent_channels"] == 128
 
 
-def test_cogvideox_npz_converts_to_finite_sigmas(tmp_path):
+def test_cogvideox_npz_converts_over_each_interval(tmp_path):
+    """t → σ on ComfyUI's zero-terminal-SNR table (t = 999 → σ ≈ 4519, finite); α_t converted with the secant
+    Δσ of the file's own grid interval, so for a skip of one interval our time term α_t·|Δσ| equals the
+    reference's J_t_norm/sqrt(D)·|Δt| exactly."""
     f = tmp_path / "sensitivity_cogvid.npz"
-    np.savez(f, timesteps=np.array([999, 700, 300, 10]), J_x_norm=np.ones(4), J_t_norm=np.ones(4))
+    t = np.array([999, 979, 959, 700, 300, 10])
+    jt = np.array([3.0, 2.0, 1.5, 1.0, 1.0, 0.5])
+    np.savez(f, timesteps=t, J_x_norm=np.ones(6), J_t_norm=jt)
     p = SensitivityProfile.load(f)
     assert p.metadata["preset"] == "cogvideox15"
-    assert p.sigmas.size == 3                      # t = 999 has σ = ∞ under zero terminal SNR: dropped
-    assert np.all(np.diff(p.sigmas) > 0) and np.all(np.isfinite(p.alpha_t))
+    assert p.sigmas.size == 6 and np.all(np.diff(p.sigmas) > 0) and np.all(np.isfinite(p.alpha_t))
+    assert p.sigmas[-1] == pytest.approx(4518.76, abs=0.01)
+    sqrt_d = math.sqrt(14 * 16 * 60 * 90)
+    sig = dict(zip(t[::-1].tolist(), p.sigmas.tolist()))            # σ ascending ↔ t ascending
+    at = dict(zip(t[::-1].tolist(), p.alpha_t.tolist()))
+    for hi, lo in ((999, 979), (979, 959), (959, 700), (700, 300), (300, 10)):
+        assert at[hi] * (sig[hi] - sig[lo]) == pytest.approx(jt[list(t).index(hi)] / sqrt_d * (hi - lo), rel=1e-9)
+    # the lowest t takes the interval above it
+    assert at[10] * (sig[300] - sig[10]) == pytest.approx(0.5 / sqrt_d * 290, rel=1e-9)
+
+
+def test_profile_extends_flat_above_a_high_noise_top_only(caplog):
+    import logging
+    high = SensitivityProfile(sigmas=[20.0, 50.0, 108.0], alpha_x=[1.0, 2.0, 3.0], alpha_t=[0.1, 0.2, 0.3])
+    assert high.extends_above() and high.covers(4518.76)
+    with caplog.at_level(logging.INFO, logger="SenCache"):
+        assert high.lookup(4518.76) == (3.0, 0.3) and high.lookup(2000.0) == (3.0, 0.3)
+    notes = [r for r in caplog.records if "above the profile's top" in r.getMessage()]
+    assert len(notes) == 1 and notes[0].levelno == logging.INFO               # once per profile
+    assert high.lookup(10.0) is None                                           # below the range: not covered
+    flow = SensitivityProfile(sigmas=[0.1, 0.5, 0.9], alpha_x=[1.0, 1.0, 1.0], alpha_t=[1.0, 1.0, 1.0])
+    assert not flow.extends_above() and flow.lookup(0.9 + 0.8 * 0.06) is None and flow.lookup(0.93) is not None
 
 
 @pytest.mark.parametrize("content,match", [

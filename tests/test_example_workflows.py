@@ -26,7 +26,12 @@ The real model files cannot be used here (GBs, no model hub). What the test subs
      (METHOD.md §6; the real ones come from the paper's repository); the two Wan 2.2 expert profiles are copies
      of the profile the calibration workflow saved on the tiny Wan (that workflow runs first).
   7. Input image: input/example.png is a generated 64x64 picture.
-The CogVideoX workflow targets a ComfyUI with native CogVideoX (after 0.3.75): it is validated against
+  8. LTX-2 (built on ComfyUI 0.18.1, skipped on older hosts, which lack LTXAV): ltx-2-19b-dev-fp8 -> tiny LTXAV
+     (devkit.tiny_ltxav); DualCLIPLoader and VAELoader are removed (a Gemma 3 12B and the LTX-2 VAE cannot be built
+     small); the conditioning is 32 wide without an attention mask, as the tiny model's connectors take it;
+     VAEDecode becomes SaveLatent. A second run adds an audio latent (SenCacheDevEmptyLTXVAudioLatent, since the
+     audio VAE nodes need torchaudio) through core's LTXVConcatAVLatent / LTXVSeparateAVLatent.
+The CogVideoX workflow targets a ComfyUI with native CogVideoX (upstream core; not 0.3.75 nor 0.18.1): it is validated against
 /object_info (node types present, our nodes' values valid, the one missing piece named) and its run is skipped
 with the reason, unless the host knows CLIPLoader type "cogvideox".
 """
@@ -58,25 +63,31 @@ MODEL_FILES = {   # workflow's file name -> tiny checkpoint (devkit.tiny_models)
     "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors": "tiny_wan21_t2v",
     "ltx-video-2b-v0.9.5.safetensors": "tiny_ltxv",
     "sencache_demo_wan.safetensors": DEMO_WEIGHTS,
+    "ltx-2-19b-dev-fp8.safetensors": "tiny_ltxav",          # hosts with LTXAV only (devkit.tiny_ltxav)
 }
 TINY = ("tiny_wan21_t2v", "tiny_wan21_i2v", "tiny_ltxv")
 WAN_VAE = "wan_2.1_vae.safetensors"
 NPZ = {"sensitivity_wan21.npz": 16 * 21 * 60 * 104, "sensitivity_ltx.npz": 128 * 21 * 16 * 24,
        "sensitivity_cogvid.npz": 14 * 16 * 60 * 90}
 SMALL_VIDEO = {"EmptyHunyuanLatentVideo", "WanImageToVideo", "EmptyLTXVLatentVideo"}
-FILE_INPUTS = {"unet_name", "clip_name", "vae_name", "ckpt_name", "profile_name", "image"}
+FILE_INPUTS = {"unet_name", "clip_name", "clip_name1", "clip_name2", "vae_name", "ckpt_name", "profile_name", "image"}
 NEEDS_NEWER_HOST = {"sencache_cogvideox_t2v": ("CLIPLoader", "type", "cogvideox")}
+NEEDS_HOST = {name: tuple(int(p) for p in example_workflows.built_on(name).split("."))
+              for name in example_workflows.BUILT_ON}       # built from a newer host's nodes: skipped before it
+LTX_NAMES = {"sencache_ltxv_t2v", "sencache_ltx2_t2v"}
 RUN_LINE = re.compile(r"computed \d+/\d+ model evaluations")
 
 BUILD_CODE = """
 import sys, torch
-from devkit import host, tiny_models
+from devkit import host, tiny_ltxav, tiny_models
 host.boot(load_pack=False)
 from safetensors.torch import save_file
 from comfy.ldm.wan.vae import WanVAE
 dm, vae_path = sys.argv[1], sys.argv[2]
 for n in sys.argv[3:]:
     tiny_models.write_checkpoint(n, dm)
+if tiny_ltxav.available():
+    tiny_ltxav.write_checkpoint(dm)
 with torch.device("meta"):
     m = WanVAE(dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                temperal_downsample=[False, True, True])
@@ -115,7 +126,8 @@ def server(tmp_path_factory):
     assert r.returncode == 0, r.stderr[-3000:]
     for name, target in MODEL_FILES.items():
         src = target if isinstance(target, pathlib.Path) else dm / f"{target}.safetensors"
-        (dm / name).symlink_to(src)
+        if src.exists():
+            (dm / name).symlink_to(src)
     from PIL import Image
     yy, xx = np.mgrid[0:64, 0:64]
     Image.fromarray(np.stack([xx * 4, yy * 4, (xx + yy) * 2], -1).astype(np.uint8)).save(inp / "example.png")
@@ -131,9 +143,20 @@ def server(tmp_path_factory):
         mp.undo()
     print(f"\n[example workflows] models built and server up in {time.monotonic() - t0:.1f} s")
     srv.object_info = srv.get("/object_info")
+    srv.version = srv.get("/system_stats")["system"]["comfyui_version"]
     srv.results = {}
     yield srv
     srv.stop()
+
+
+def version_tuple(v: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in v.split(".")[:3])
+
+
+def skip_unless_host_has(server, name: str) -> None:
+    if name in NEEDS_HOST and version_tuple(server.version) < NEEDS_HOST[name]:
+        pytest.skip(f"{name}: built on ComfyUI {example_workflows.built_on(name)} (its nodes/model class); this host "
+                    f"is {server.version}")
 
 
 # -- checks without running ------------------------------------------------------------------------------
@@ -180,23 +203,23 @@ def test_server_lists_the_templates_with_thumbnails(server):
                 assert r.status == 200 and len(r.read()) > 1000
 
 
-PINNED_HOST = "0.3.75"      # the workflows are generated from this ComfyUI's /object_info
-
-
 def test_workflows_are_current(server):
-    """The files are what devkit.example_workflows builds from this host's /object_info: a node whose inputs
-    changed makes this fail (regenerate with `python -m devkit.example_workflows`). On another ComfyUI version
-    (SENCACHE_COMFYUI) only this pack's nodes are compared: core nodes may have gained inputs there."""
-    version = server.get("/system_stats")["system"]["comfyui_version"]
+    """The files are what devkit.example_workflows builds from /object_info of the ComfyUI each is built on
+    (example_workflows.built_on): a node whose inputs changed makes this fail (regenerate with
+    `python -m devkit.example_workflows` on that host). On another ComfyUI version only this pack's nodes are
+    compared (core nodes may have gained inputs there); a workflow built on a newer host is skipped on older ones."""
     for name, (build, _) in example_workflows.WORKFLOWS.items():
+        if name in NEEDS_HOST and version_tuple(server.version) < NEEDS_HOST[name]:
+            continue
         built, saved = json.loads(json.dumps(build(server.object_info))), load(name)
-        if version != PINNED_HOST:
+        if server.version != example_workflows.built_on(name):
             built, saved = ([n for n in wf["nodes"] if n["type"].startswith("SenCache")] for wf in (built, saved))
         assert built == saved, f"{name}.json is stale: run .dev/venv/bin/python -m devkit.example_workflows"
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_workflow_validates_against_object_info(server, name):
+    skip_unless_host_has(server, name)
     info = server.object_info
     wf = load(name)
     types = {n["type"] for n in wf["nodes"]} - FRONTEND_ONLY
@@ -219,20 +242,21 @@ def host_supports(info, name) -> bool:
 # -- substitutions (see the module docstring) ------------------------------------------------------------
 def adapt(prompt: dict, info: dict, name: str) -> dict:
     p = json.loads(json.dumps(prompt))
-    ltxv = any(n["class_type"] == "CheckpointLoaderSimple" for n in p.values())
+    ltx2 = name == "sencache_ltx2_t2v"
     drop = set()
     for nid, n in p.items():
         ct, ins = n["class_type"], n["inputs"]
-        if ct in ("CLIPLoader", "CLIPVisionLoader", "CLIPVisionEncode"):
+        if ct in ("CLIPLoader", "DualCLIPLoader", "CLIPVisionLoader", "CLIPVisionEncode") or (ltx2 and ct == "VAELoader"):
             drop.add(nid)
         elif ct == "CLIPTextEncode":
             p[nid] = {"class_type": "SenCacheDevRandomConditioning",
-                      "inputs": {"seed": int(nid), "tokens": 4, "width": 4096, "attention_mask": ltxv}}
+                      "inputs": {"seed": int(nid), "tokens": 4, "width": 32 if ltx2 else 4096,
+                                 "attention_mask": name == "sencache_ltxv_t2v"}}
         elif ct == "CheckpointLoaderSimple":
             p[nid] = {"class_type": "UNETLoader", "inputs": {"unet_name": ins["ckpt_name"], "weight_dtype": "default"}}
         elif ct in SMALL_VIDEO and name != "sencache_demo_model":
             ins.update(width=64, height=64, length=9)
-    if ltxv:
+    if name in LTX_NAMES:
         for nid, n in list(p.items()):
             if n["class_type"] == "VAEDecode":
                 p[nid] = {"class_type": "SaveLatent", "inputs": {"samples": n["inputs"]["samples"],
@@ -293,12 +317,13 @@ def calibrated(server) -> str:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_workflow_runs(server, name):
+    skip_unless_host_has(server, name)
     info = server.object_info
     t0 = time.monotonic()
     if name in NEEDS_NEWER_HOST and not host_supports(info, name):
         node, inp, value = NEEDS_NEWER_HOST[name]
-        pytest.skip(f"{name}: needs {node} {inp}={value!r} (native CogVideoX, ComfyUI after 0.3.75); this host "
-                    f"lacks it. Validated against /object_info only.")
+        pytest.skip(f"{name}: needs {node} {inp}={value!r} (native CogVideoX: upstream core, not in 0.3.75 nor "
+                    f"0.18.1); this host lacks it. Validated against /object_info only.")
     prof_dir = server.base / "models" / "sencache"
     if name == "sencache_calibrate_save_load_apply":
         saved = calibrated(server)
@@ -327,6 +352,56 @@ def test_workflow_runs(server, name):
     print(f"\n[example workflows] {name}: ran in {time.monotonic() - t0:.1f} s")
 
 
+RUN_COUNTS = re.compile(r"computed (\d+)/(\d+) model evaluations")
+
+
+def run_counts(server, prompt: dict) -> tuple[dict, list[tuple[int, int]]]:
+    """Run a prompt; the (computed, total) of each SenCache run line it logged."""
+    before = len(server.log_tail(10 ** 8))
+    entry = server.run(prompt, timeout=300)
+    time.sleep(0.2)
+    return entry, [(int(a), int(b)) for a, b in RUN_COUNTS.findall(server.log_tail(10 ** 8)[before:])]
+
+
+@pytest.mark.parametrize("audio", [False, True], ids=["video", "video_audio"])
+def test_ltx2_calibrator_sencache_sampler_reuses_in_the_server(server, audio):
+    """The LTX-2 graph Calibrator → SenCache → KSampler, through the HTTP API of the real server: it runs and
+    SenCache reuses model evaluations; with audio, on a video + audio latent (core's LTXVConcatAVLatent, separated
+    again by LTXVSeparateAVLatent), both parts come back with their shapes."""
+    name = "sencache_ltx2_t2v"
+    skip_unless_host_has(server, name)
+    info = server.object_info
+    p = adapt(to_api(load(name), info), info, name)
+    for n in p.values():        # another seed than test_workflow_runs: ComfyUI would serve its cached outputs
+        if n["class_type"] == "KSampler":
+            n["inputs"]["seed"] += 1
+    if audio:
+        vid = next(k for k, n in p.items() if n["class_type"] == "EmptyLTXVLatentVideo")
+        ks = next(k for k, n in p.items() if n["class_type"] == "KSampler")
+        p["901"] = {"class_type": "SenCacheDevEmptyLTXVAudioLatent", "inputs": {"latent_frames": 5, "batch_size": 1}}
+        p["902"] = {"class_type": "LTXVConcatAVLatent", "inputs": {"video_latent": [vid, 0], "audio_latent": ["901", 0]}}
+        for n in p.values():
+            for k, v in n["inputs"].items():
+                if v == [vid, 0] and n["class_type"] != "LTXVConcatAVLatent":
+                    n["inputs"][k] = ["902", 0]
+        p["903"] = {"class_type": "LTXVSeparateAVLatent", "inputs": {"av_latent": [ks, 0]}}
+        for nid, n in p.items():
+            if n["class_type"] == "SaveLatent":
+                n["inputs"]["samples"] = ["903", 0]
+        p["904"] = {"class_type": "SaveLatent", "inputs": {"samples": ["903", 1], "filename_prefix": "latents/ltx2_audio"}}
+    entry, counts = run_counts(server, p)
+    check_outputs(server, p, entry, name)
+    assert counts, "SenCache logged no run"
+    computed, total = counts[-1]
+    assert 0 < computed < total, f"SenCache reused nothing: {counts}"
+    if audio:
+        from safetensors import safe_open
+        files = entry["outputs"]["904"]["latents"]
+        path = server.base / "output" / files[0]["subfolder"] / files[0]["filename"]
+        with safe_open(str(path), framework="pt") as f:
+            assert f.get_tensor("latent_tensor").shape[1:] == (8, 5, 16)
+
+
 # -- the real frontend loads each workflow and builds the same prompt ----------------------------------
 ARTIFACTS = REPO / "test-artifacts"
 
@@ -343,6 +418,8 @@ def test_frontend_loads_workflows_and_builds_the_same_prompt(server):
         page.wait_for("!!(window.app && window.app.graph && window.LiteGraph && "
                       "LiteGraph.registered_node_types['SenCacheApply'])", timeout=120)
         for name in NAMES:
+            if name in NEEDS_HOST and version_tuple(server.version) < NEEDS_HOST[name]:
+                continue      # its nodes are unknown to this host's frontend
             wf = load(name)
             got = page.eval(f"""(async () => {{
                 await app.loadGraphData({json.dumps(wf)}, true, true, {json.dumps(name)});

@@ -313,45 +313,6 @@ def test_profile_save_load_nodes_and_path_safety(sc, host, wan_profile, comfy_ba
     assert np.array_equal(out.args[0].alpha_t, wan_profile.alpha_t)
 
 
-def test_cogvideox_call_convention_stand_in(sc, wan_profile):
-    """CogVideoX is native in ComfyUI only after 0.3.75, so it cannot load here. This stand-in follows its call
-    convention forward(x, timestep, context, ofs=None, transformer_options={}) — transformer_options is args[4],
-    x carries 16 noisy + 16 concatenated channels, the output has 16 — and drives the pack's own
-    DIFFUSION_MODEL / CALC_COND_BATCH wrappers as ComfyUI's sampler would."""
-    import comfy.patcher_extension as pe
-    calls = []
-
-    def cog_forward(x, timestep, context, ofs=None, transformer_options={}, **kwargs):
-        calls.append(x.shape)
-        return x[:, :16] * 0.5 + timestep.view(-1, 1, 1, 1, 1) * 1e-3 + context.mean()
-
-    holder = sc.runtime.SenCacheHolder(wan_profile, settings(sc, eps=0.0), latent_channels=16)
-
-    class MS:
-        @staticmethod
-        def percent_to_sigma(p):
-            return 1.0 - p
-    sigmas = torch.tensor([1.0, 0.8, 0.6, 0.4, 0.0])
-    outs = {}
-    for eps in (0.0, 10.0):
-        holder.settings.eps_main = holder.settings.eps_start = eps
-        run = sc.runtime.RunState(holder, MS, sigmas)
-        res = []
-        for s in sigmas[:-1]:
-            run.begin_evaluation()
-            x = torch.cat([torch.full((2, 16, 2, 4, 4), float(s)), torch.ones(2, 16, 2, 4, 4)], dim=1)
-            to = {"sencache_run": run, "sigmas": s.view(1), "uuids": ["u", "c"], "cond_or_uncond": [1, 0]}
-            ex = pe.WrapperExecutor.new_executor(cog_forward, [sc.runtime.diffusion_model_wrapper])
-            res.append(ex.execute(x, s.view(1).repeat(2) * 1000, torch.zeros(2, 3, 8), None, to))
-        outs[eps] = (res, run.trace)
-    plain = [cog_forward(torch.cat([torch.full((2, 16, 2, 4, 4), float(s)), torch.ones(2, 16, 2, 4, 4)], 1), s.view(1).repeat(2) * 1000,
-                         torch.zeros(2, 3, 8)) for s in sigmas[:-1]]
-    assert all(torch.equal(a, b) for a, b in zip(outs[0.0][0], plain))
-    tr = outs[10.0][1]
-    assert [s.reuse for s in tr.steps] == [False, True, True, False]       # final step protected
-    assert torch.equal(outs[10.0][0][1], plain[0]) and all(o.shape[1] == 16 for o in outs[10.0][0])
-
-
 def test_budget_mode_derives_eps_for_a_target_speedup(sc, wan, conds, wan_profile):
     counts = {}
     for speed, k_in in ((1.0, 3), (2.0, 3), (2.5, 3), (2.51, 2)):

@@ -19,8 +19,6 @@ pytestmark = pytest.mark.skipif(not browser.available(),
                                 reason=f"Chromium not installed at {browser.CHROMIUM}: run scripts/setup_browser.sh")
 
 ARTIFACTS = pathlib.Path(__file__).resolve().parent.parent / "test-artifacts"
-COMPUTED_RGB = (0x34, 0x65, 0xa4)
-REUSED_RGB = (0x4e, 0x9a, 0x06)
 
 
 def sencache(profile, eps, k):
@@ -84,12 +82,14 @@ def focus(page, node_id, scale=1.6):
     }})()""")
 
 
-def colour_pixels(png: pathlib.Path, rect, rgb, tol=40) -> int:
+def hue_pixels(png: pathlib.Path, rect, hue: str) -> int:
+    """Pixels in the rectangle whose colour is clearly blue (computed cells) or green (reused cells)."""
     from PIL import Image
     img = np.asarray(Image.open(png).convert("RGB")).astype(int)
     x, y, w, h = (int(round(v)) for v in rect)
-    crop = img[max(y, 0):y + h, max(x, 0):x + w]
-    return int((np.abs(crop - np.array(rgb)).sum(-1) <= tol).sum())
+    r, g, b = np.moveaxis(img[max(y, 0):y + h, max(x, 0):x + w], -1, 0)
+    mask = (b > r + 40) & (b > g + 20) if hue == "blue" else (g > r + 40) & (g > b + 40)
+    return int(mask.sum())
 
 
 def test_strip_shows_the_servers_trace(server, page):
@@ -133,7 +133,9 @@ def test_strip_shows_the_servers_trace(server, page):
 
     toast = page.wait_for("""[...document.querySelectorAll('.p-toast-message')].map(e => e.innerText)
                              .filter(t => t.includes('SenCache')).join('\\n')""", timeout=30)
-    assert f"computed {t6['computed']}/{t6['total']}" in toast and "speed-up" in toast
+    # one toast per run, each shown for 6 s: on a slow machine the first may be gone when the second run ends
+    assert any(f"(#{i}): computed {t['computed']}/{t['total']}" in toast for i, t in ((6, t6), (10, t10)))
+    assert "speed-up" in toast
 
     ARTIFACTS.mkdir(exist_ok=True)
     page.eval("""(() => { const ns = app.graph._nodes, c = app.canvas, k = 0.55;
@@ -147,11 +149,65 @@ def test_strip_shows_the_servers_trace(server, page):
         t = t6 if node_id == 6 else t10
         # the strip is drawn in the node's bottom part: computed (blue) cells always, reused (green) cells if any
         strip = [rect[0], rect[1] + rect[3] - 60 * 1.6, rect[2], 60 * 1.6]
-        assert colour_pixels(shot, strip, COMPUTED_RGB) > 50
+        # (by hue: a computed step without a score is drawn as a pale full-height bar, blended with the background)
+        assert hue_pixels(shot, strip, "blue") > 50
         if t["reused"]:
-            assert colour_pixels(shot, strip, REUSED_RGB) > 50
+            assert hue_pixels(shot, strip, "green") > 50
     focus(page, 5, scale=1.0)
     page.screenshot(ARTIFACTS / "ui_calibrator.png")
     page.eval("(app.graph.getNodeById(9).setSize([1000, 820]), true)")
     focus(page, 9, scale=0.8)
     page.screenshot(ARTIFACTS / "ui_visualizer_plot.png")
+
+
+WINDOW = (1600, 1000)
+
+
+def test_every_template_opens_with_all_nodes_in_view(server):
+    """Each example workflow, loaded as the template browser loads it (its saved view restored), shows every node,
+    its title bar and its notes unobstructed inside a 1600×1000 window: every corner and the centre of each node is
+    the graph canvas (or the node's own text widget) at that point, not the menu, the tab bar, a side bar, the run
+    toolbar, the minimap or off-screen; and at a zoom where the frontend still draws text. The view is the one the
+    workflow saves (extra.ds, devkit.workflow.fit_view)."""
+    import devkit.example_workflows as ex
+    with browser.Chromium(server.url, width=WINDOW[0], height=WINDOW[1]) as p:
+        p.wait_for("!!(window.app && window.app.graph && window.LiteGraph && "
+                   "LiteGraph.registered_node_types['SenCacheApply'])", timeout=120)
+        problems = {}
+        for name in ex.WORKFLOWS:
+            wf = json.loads((ex.OUT / f"{name}.json").read_text())
+            p.eval(f"""Promise.resolve(app.loadGraphData({json.dumps(wf)}, true, true, {json.dumps(name)},
+                       {{showMissingNodesDialog: false, showMissingModelsDialog: false}})).then(() => true)""")
+            # newer frontends report the template's missing model files in a panel; the test server has none of
+            # them, a user who followed the note has them. Dismiss it as a user would, then look at the layout.
+            p.eval("new Promise(r => setTimeout(() => r(true), 500))")
+            p.eval("""([...document.querySelectorAll('button')].filter(b => b.innerText.trim() === 'Dismiss')
+                       .forEach(b => b.click()), true)""")
+            p.eval("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(true))))")
+            report = p.eval("""(() => {
+                const c = app.canvas, r = c.canvas.getBoundingClientRect(), th = LiteGraph.NODE_TITLE_HEIGHT;
+                const out = [];
+                for (const n of app.graph._nodes) {
+                    const [x0, y0] = c.ds.convertOffsetToCanvas([n.pos[0], n.pos[1] - th]);
+                    const [x1, y1] = c.ds.convertOffsetToCanvas([n.pos[0] + n.size[0], n.pos[1] + n.size[1]]);
+                    const pts = [[x0 + 2, y0 + 2], [x1 - 2, y0 + 2], [x0 + 2, y1 - 2], [x1 - 2, y1 - 2],
+                                 [(x0 + x1) / 2, (y0 + y1) / 2]].map(([x, y]) => [r.left + x, r.top + y]);
+                    const hidden = pts.filter(([x, y]) => {
+                        if (x < 0 || y < 0 || x >= innerWidth || y >= innerHeight) return true;
+                        const el = document.elementFromPoint(x, y);     // the canvas, or a node's own DOM widget
+                        return !(el === c.canvas || el?.closest?.('.dom-widget, .comfy-multiline-input, textarea'));
+                    });
+                    if (hidden.length) out.push(`${n.type} #${n.id}: ${hidden.length} of 5 points hidden, screen box ` +
+                        `[${Math.round(r.left + x0)}, ${Math.round(r.top + y0)}, ${Math.round(r.left + x1)}, ${Math.round(r.top + y1)}]` +
+                        ` (${hidden.map(([x, y]) => document.elementFromPoint(x, y)?.className || 'outside').join('; ')})`);
+                }
+                if (c.low_quality) out.push(`scale ${c.ds.scale}: the frontend draws no text at this zoom`);
+                return {nodes: app.graph._nodes.length, problems: out, scale: c.ds.scale, offset: [...c.ds.offset],
+                        notes: app.graph._nodes.filter(n => /Note/.test(n.type)).length};
+            })()""")
+            assert report["nodes"] == len(wf["nodes"]) and report["notes"] >= 1, (name, report)
+            if report["problems"]:
+                problems[name] = report
+            ARTIFACTS.mkdir(exist_ok=True)
+            p.screenshot(ARTIFACTS / f"template_{name}.png")
+        assert not problems, json.dumps(problems, indent=1)

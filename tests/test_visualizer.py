@@ -78,10 +78,10 @@ def test_plot_and_summary_match_the_trace(host, m, sampled, profile):
 
     n = len(trace.steps)
     assert f"computed {trace.computed}/{n} model evaluations, reused {trace.reused}" in text
-    assert "SenCache node 7" in text and "estimate from measured times" in text
+    assert "SenCache node 7" in text and "Estimated speed-up" in text and "measured speed-up" not in text.lower()
     expect = (trace.wall_seconds + trace.reused * trace.model_seconds / trace.computed) / trace.wall_seconds
     assert m.plotting.speedup_estimate(trace) == pytest.approx(expect)
-    assert float(re.search(r"Speed-up ≈ ([0-9.]+)×", text).group(1)) == pytest.approx(expect, abs=0.006)
+    assert float(re.search(r"Estimated speed-up ≈([0-9.]+)×", text).group(1)) == pytest.approx(expect, abs=0.006)
     assert float(re.search(r"run ([0-9.]+) s wall", text).group(1)) == pytest.approx(trace.wall_seconds, abs=6e-4)
     for reason in {s.reason for s in trace.steps}:
         count = sum(s.reason == reason for s in trace.steps)
@@ -130,6 +130,44 @@ def test_speedup_estimate_and_json_safety(m):
     assert m.plotting.speedup_estimate(RunTrace()) is None
     img = m.plotting.render_run(t, None)      # no profile, an infinite score: still draws
     assert img.shape[2] == 3
+
+
+def test_one_speed_up_definition_everywhere(m, sampled, profile):
+    """Log line, Visualizer summary and title, and the UI event carry the same figure, labelled an estimate; only a
+    comparison with a timed uncached run is labelled measured."""
+    import importlib
+    speedup = importlib.import_module(m.plotting.__name__.rsplit(".", 1)[0] + ".speedup")
+    _, holder, _ = sampled
+    trace = holder.last_trace
+    est = speedup.of_trace(trace)
+    assert est.kind == speedup.ESTIMATED and est.value > 1.0
+    label = est.text()
+    assert label.startswith("estimated speed-up ≈") and "measured" not in label
+    assert label in m.plotting.summary_line(trace)
+    assert label.capitalize() in m.plotting.summary(trace, profile)
+    c = m.plotting.compact(trace, "7")
+    assert c["speedup_text"] == label and c["speedup_kind"] == "estimated" and c["speedup"] == pytest.approx(est.value)
+    assert speedup.measured(3.0, 2.0).text() == "measured speed-up 1.50× (wall-clock vs an uncached run)"
+    assert speedup.measured(3.0, 0.0).value is None and speedup.estimated(None, 0.0, 0, 0).value is None
+
+
+def test_a_run_that_reuses_nothing_says_why(m, wan, conds, profile):
+    """10 steps where ε sits below every predicted change: 10/10 computed, and the log line, summary and UI event
+    say why and what to change."""
+    settings = m.runtime.SenCacheSettings(eps_start=1e-6, eps_main=1e-6, max_consecutive=3)
+    model, holder = m.apply.apply_sencache(wan, profile, settings, node_id="9")
+    sampling.sample(model, *conds, sampling.wan_latent(), seed=0, steps=10)
+    trace = holder.last_trace
+    assert trace.computed == 10 and trace.reused == 0
+    why = m.plotting.no_reuse_reason(trace)
+    assert "S stayed above ε" in why and "raise eps_main" in why
+    assert "nothing reused: " + why in m.plotting.summary_line(trace)
+    assert why in m.plotting.summary(trace) and m.plotting.compact(trace, "9")["no_reuse_reason"] == why
+    # a run that reused something has no reason
+    settings = m.runtime.SenCacheSettings(eps_start=0.5, eps_main=0.5, max_consecutive=2)
+    model, holder = m.apply.apply_sencache(wan, profile, settings)
+    sampling.sample(model, *conds, sampling.wan_latent(), seed=0, steps=10)
+    assert holder.last_trace.reused > 0 and m.plotting.no_reuse_reason(holder.last_trace) is None
 
 
 def test_trace_event_sent_per_run_and_noop_without_server(host, m, wan, conds, profile, monkeypatch):

@@ -1,12 +1,13 @@
 // SenCache frontend extension: shows each sampling run's trace on the SenCache node that ran it.
 //
 // The server sends "sencache.trace" after every sampling run (nodes/ui_events.py) with
-//   { node_id, prompt_id, computed, reused, total, speedup, wall_seconds, model_seconds, interrupted, status,
-//     steps: [{ sigma, reuse, S, eps, reason }, ...] }
+//   { node_id, prompt_id, computed, reused, total, speedup, speedup_kind, speedup_text, wall_seconds, model_seconds,
+//     interrupted, no_reuse_reason (optional), status (learn mode, optional), steps: [{ sigma, reuse, S, eps, reason }, ...] }
 // This extension stores it on the matching node as `node.sencacheTrace`, draws a compact per-step strip at
 // the bottom of the node (one cell per model evaluation: blue = computed, green = reused; bar height = S/ε,
 // the dashed line is S = ε; a full pale bar = computed without a score, e.g. first/final step), and shows a
-// short toast with computed/total and the measured speed-up (an estimate from measured times).
+// short toast with computed/total and the speed-up exactly as the server labels it (speedup_text: an estimate unless
+// measured against an uncached run), plus why nothing was reused when the server says so (no_reuse_reason).
 // Several SenCache nodes in one graph (e.g. the two Wan 2.2 experts) each keep and draw their own run.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
@@ -33,8 +34,9 @@ function findNode(nodeId) {
   return node;
 }
 
-function fmtSpeedup(t) {
-  return typeof t.speedup === "number" ? `≈${t.speedup.toFixed(2)}×` : "n/a";
+function speedupText(t) {
+  // the server's label (nodes/speedup.py) is the one definition; never relabel it here
+  return typeof t.speedup_text === "string" ? t.speedup_text : "speed-up: not available";
 }
 
 function drawStrip(node, ctx) {
@@ -51,8 +53,11 @@ function drawStrip(node, ctx) {
   ctx.textAlign = "left";
   ctx.textBaseline = "alphabetic";
   ctx.fillStyle = "#bbbbbb";
-  const head = `SenCache: computed ${t.computed}/${t.total} · speed-up ${fmtSpeedup(t)} (est.)` + (t.interrupted ? " · interrupted" : "")
-    + (t.status ? ` · ${t.status}` : "");
+  // learn mode: status says which learned profile the run used, or (as no_reuse_reason) what a learning run learned
+  const head = `SenCache: computed ${t.computed}/${t.total} · ` +
+               (t.no_reuse_reason ? `nothing reused: ${t.no_reuse_reason}` : speedupText(t)) +
+               (t.status && t.status !== t.no_reuse_reason ? ` · ${t.status}` : "") +
+               (t.interrupted ? " · interrupted" : "");
   ctx.fillText(head, pad, top + 11, w - 2 * pad);
   ctx.fillStyle = "rgba(0,0,0,0.25)";
   ctx.fillRect(pad, barTop, w - 2 * pad, barH);
@@ -111,10 +116,11 @@ function showTrace(detail) {
   app.extensionManager?.toast?.add?.({
     severity: detail.interrupted ? "warn" : "info",
     summary: "SenCache",
-    detail: `${who}: computed ${detail.computed}/${detail.total} model evaluations, measured speed-up ` +
-            `${fmtSpeedup(detail)} (estimate from measured times)` + (detail.interrupted ? ", run interrupted" : "") +
-            (detail.status ? `; ${detail.status}` : ""),
-    life: 6000,
+    detail: `${who}: computed ${detail.computed}/${detail.total} model evaluations, ${speedupText(detail)}` +
+            (detail.interrupted ? ", run interrupted" : "") +
+            (detail.no_reuse_reason ? `. Nothing reused: ${detail.no_reuse_reason}` : "") +
+            (detail.status && detail.status !== detail.no_reuse_reason ? `. ${detail.status}` : ""),
+    life: detail.no_reuse_reason ? 12000 : 6000,
   });
 }
 

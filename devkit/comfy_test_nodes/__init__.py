@@ -2,6 +2,8 @@
 
 SenCacheDevRandomConditioning: a seeded random text context [1, tokens, width] as CONDITIONING, so API workflows
 can sample the tiny models without a text encoder.
+SenCacheDevEmptyLTXVAudioLatent: an empty LTX-2 audio latent [batch, 8, frames, 16] as LTXVEmptyLatentAudio makes
+it, without the audio VAE that node reads its sizes from.
 """
 import torch
 
@@ -27,5 +29,24 @@ class SenCacheDevRandomConditioning:
         return ([[torch.randn(1, tokens, width, generator=g), extra]],)
 
 
-NODE_CLASS_MAPPINGS = {"SenCacheDevRandomConditioning": SenCacheDevRandomConditioning}
-NODE_DISPLAY_NAME_MAPPINGS = {"SenCacheDevRandomConditioning": "Random Conditioning (SenCache devkit)"}
+class SenCacheDevEmptyLTXVAudioLatent:
+    CATEGORY = "SenCache/devkit"
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "make"
+    DESCRIPTION = "Empty LTX-2 audio latent for tests (no audio VAE needed)."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "latent_frames": ("INT", {"default": 5, "min": 1, "max": 4096, "tooltip": "Audio latent frames."}),
+            "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Batch size."}),
+        }}
+
+    def make(self, latent_frames, batch_size):
+        return ({"samples": torch.zeros(batch_size, 8, latent_frames, 16), "sample_rate": 44100, "type": "audio"},)
+
+
+NODE_CLASS_MAPPINGS = {"SenCacheDevRandomConditioning": SenCacheDevRandomConditioning,
+                       "SenCacheDevEmptyLTXVAudioLatent": SenCacheDevEmptyLTXVAudioLatent}
+NODE_DISPLAY_NAME_MAPPINGS = {"SenCacheDevRandomConditioning": "Random Conditioning (SenCache devkit)",
+                              "SenCacheDevEmptyLTXVAudioLatent": "Empty LTX-2 Audio Latent (SenCache devkit)"}
