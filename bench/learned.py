@@ -67,14 +67,23 @@ class LearnBench(Q.Bench):
         return self.sc.apply.apply_sencache(self.model, self.profiles[name], st)[0], self.N
 
     def calibrator_profile(self, cal):
-        profs = []
-        for text, seed in cal:
-            pos, neg = C.conds(text)
-            with torch.inference_mode():
-                _, prof = self.sc.calibrate.calibrate(self.model, pos, neg, {"samples": C.empty_latent()}, seed, self.N,
-                                                      self.cfg["cfg"], self.cfg["sampler"], self.cfg["scheduler"], 1)
-            profs.append(prof)
-        return self.sc.core.merge_profiles(profs) if len(profs) > 1 else profs[0]
+        """(the merged Calibrator profile of the calibration samples, model evaluations its runs made)."""
+        profs, rows = [], 0
+        self.counter.memo_on = False
+        try:
+            for text, seed in cal:
+                pos, neg = C.conds(text)
+                self.counter.reset()
+                with torch.inference_mode():
+                    _, prof = self.sc.calibrate.calibrate(self.model, pos, neg, {"samples": C.empty_latent()}, seed,
+                                                          self.N, self.cfg["cfg"], self.cfg["sampler"],
+                                                          self.cfg["scheduler"], 1)
+                rows += self.counter.rows
+                profs.append(prof)
+        finally:
+            self.counter.memo_on = True
+        evals = rows / (2 if self.cfg["cfg"] != 1.0 else 1)
+        return (self.sc.core.merge_profiles(profs) if len(profs) > 1 else profs[0]), evals
 
     def learned_profile(self, cal, runs: int, estimator: str, start: int = 0):
         """Learn mode as a user runs it: the SenCache node without a profile, `runs` ordinary samplings; learning
@@ -105,19 +114,21 @@ def along_trajectory(profile, ref_profile) -> float:
 
 
 def run_config(name, args, sc, info):
-    cfg = Q.CONFIGS[name]
+    cfg = dict(Q.CONFIGS[name], **({"steps": args.steps} if args.steps else {}))
     log = lambda *a: print(*a, flush=True)
     t0 = time.perf_counter()
     started = datetime.datetime.now(datetime.timezone.utc)
     b = LearnBench(cfg, args.weights, sc, log=log, use_vgg=False)
     N = cfg["steps"]
-    budgets = Q.budgets_for(N)
+    budgets = Q.budgets_for(N, args.fractions)
     cal = Q.calibration_samples(max(args.calibration_samples, args.learning_runs))
     tc = time.perf_counter()
-    b.profiles[CALIBRATED] = b.calibrator_profile(cal[:args.calibration_samples])
+    b.profiles[CALIBRATED], ev = b.calibrator_profile(cal[:args.calibration_samples])
     cost = {CALIBRATED: {"seconds": round(time.perf_counter() - tc, 1), "runs": args.calibration_samples,
-                         "model_evaluations": (2 * N - 1) * args.calibration_samples,
-                         "extra_evaluations": (N - 1) * args.calibration_samples}}
+                         "model_evaluations": ev, "extra_evaluations": ev - N * args.calibration_samples}}
+    store = pathlib.Path(importlib.import_module(f"{sc.pack.__name__}.nodes.learn").store_dir())
+    for f in store.glob("*.safetensors"):     # every configuration learns afresh, as a user's first run of it would
+        f.unlink()
     for est in args.estimators:
         prev = {"seconds": 0.0, "model_evaluations": 0}
         for runs in sorted({1, args.learning_runs}):      # R runs continue the stored 1-run profile (samples 1..R-1)
@@ -219,6 +230,8 @@ def main(argv=None):
     ap.add_argument("--estimators", nargs="+", default=["trajectory", "free"], help="learn mode estimators (nodes.learn.ESTIMATORS)")
     ap.add_argument("--ridges", type=float, nargs="*", default=[],
                     help="extra rows: the 1-run profile refitted with these ridge values (estimator variants)")
+    ap.add_argument("--steps", type=int, default=None, help="override the configuration's step count (smoke tests)")
+    ap.add_argument("--fractions", type=float, nargs="+", default=list(Q.FRACTIONS))
     ap.add_argument("--weights", default=str(C.WEIGHTS))
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--suffix", default="", help="appended to the output file names (e.g. the weights' name)")

@@ -53,10 +53,10 @@ def apply_sencache(model, profile, settings: SenCacheSettings, node_id: str | No
                    run_class=None, notes: list | None = None, learning_runs: int = 1,
                    learn_estimator: str = "trajectory"):
     """The model with SenCache attached, and its holder. publishers / run_class: SenCacheHolder's extension points.
+    Warnings are logged and, when `notes` is a list, appended to it (the node shows them).
     profile None = learn mode: the profile is learned from this model's own runs and stored in models/sencache/learned
     (nodes/learn.py); the first `learning_runs` runs of a model, latent shape and sampler family compute every step
-    and measure the profile (`learn_estimator`: nodes.learn.ESTIMATORS). Warnings are logged and, when `notes` is a
-    list, appended to it (the node shows them)."""
+    and measure the profile (`learn_estimator`: nodes.learn.ESTIMATORS)."""
     settings = checked_settings(settings)
     if settings.max_consecutive < 0:
         raise ValueError(f"max_consecutive_reuse must be ≥ 0 (got {settings.max_consecutive})")
@@ -65,18 +65,18 @@ def apply_sencache(model, profile, settings: SenCacheSettings, node_id: str | No
     if settings.reuse_mode not in REUSE_MODES:
         raise ValueError(f"reuse_mode must be one of {REUSE_MODES}")
     facts = model_facts(model)
-    warnings = []
-    unknown = unknown_class_message(facts)
-    if unknown:
-        warnings.append(unknown)
     run_setup = None
     if profile is None:
         if run_class is not None:
             raise ValueError("learn mode (no profile) makes its own runs; run_class needs a profile")
         learner = ProfileLearner(facts, learning_runs, learn_estimator)
         publishers, run_class, run_setup = (learner.publish, *publishers), learner.make_run, learner.begin_run
+        warnings = []
     else:
-        warnings.extend(check_profile(profile, facts))
+        warnings = check_profile(profile, facts)
+    unknown = unknown_class_message(facts)
+    if unknown:
+        warnings.insert(0, unknown)
     for w in warnings:
         log.warning("SenCache: %s", w)
     if notes is not None:

@@ -186,7 +186,7 @@ class ProfileLearner:
         learned = self.finish_learning(trace.interrupted)
         if learned is not None:
             holder.profile = learned
-        trace.config["profile_status"] = self.status
+        trace.config["profile_status"] = trace.config["no_reuse_reason"] = self.status
 
     # -- the steps ----------------------------------------------------------------------------------------------
     def profile_for_run(self, model_patcher, latent_shape, sampler, cfg: float | None = None) -> SensitivityProfile | None:

@@ -10,7 +10,7 @@ NODE_PUBLISHERS, passed by the SenCache node to the holder it builds:
 Payload (JSON): nodes.plotting.compact(trace, node_id) plus "prompt_id":
   node_id (the SenCache node's unique_id), computed, reused, total, speedup, speedup_kind, speedup_text (the
   label to show, nodes/speedup.py), wall_seconds, model_seconds, interrupted, no_reuse_reason (None unless the run
-  reused nothing), settings (ε and K in effect), status (learn mode: what the profile is doing, else None),
+  reused nothing), status (learn mode: what the profile is doing, else None), settings (ε and K in effect),
   steps: [{sigma, reuse, S, eps, reason}, ...].
 """
 from __future__ import annotations

@@ -56,6 +56,25 @@ def test_quality_bench_smoke(host, demo_weights, tmp_path):
         assert a["psnr"] == b["psnr"]
 
 
+def test_learned_bench_smoke(host, demo_weights, tmp_path):
+    from bench import learned
+    out = tmp_path / "l"
+    learned.main(["--config", "wan_template", "--steps", "6", "--samples", "1", "--calibration-samples", "1",
+                  "--fractions", "0.5", "--weights", str(demo_weights), "--out", str(out), "--ridges", "0.01"])
+    md = (out / "wan_template.md").read_text()
+    for row in ("| SenCache, Calibrator profile |", "| SenCache, learned profile (1 run, one extra pass per step) |",
+                "| SenCache, learned profile (1 run, no extra pass) |", "Budget 3 of 6"):
+        assert row in md, row
+    data = json.loads((out / "wan_template.json").read_text())
+    assert data["cost"]["SenCache, learned profile (1 run, no extra pass)"]["extra_evaluations"] == 0
+    assert data["cost"]["SenCache, learned profile (1 run, one extra pass per step)"]["extra_evaluations"] == 2.5
+    assert data["cost"]["SenCache, Calibrator profile"]["extra_evaluations"] == 2.5     # the same measurement
+    for r in data["results"]:
+        for name, per in r["methods"].items():
+            if per["3"]["matched"]:
+                assert per["3"]["evaluations"] == 3, name
+
+
 def test_budget_search_and_k_rules():
     from bench.quality import match_budgets, budgets_for
     assert budgets_for(30) == [15, 10, 8] and budgets_for(50) == [25, 17, 13]

@@ -53,9 +53,11 @@ function drawStrip(node, ctx) {
   ctx.textAlign = "left";
   ctx.textBaseline = "alphabetic";
   ctx.fillStyle = "#bbbbbb";
+  // learn mode: status says which learned profile the run used, or (as no_reuse_reason) what a learning run learned
   const head = `SenCache: computed ${t.computed}/${t.total} · ` +
-               (t.no_reuse_reason && !t.status ? `nothing reused: ${t.no_reuse_reason}` : speedupText(t)) +
-               (t.interrupted ? " · interrupted" : "") + (t.status ? ` · ${t.status}` : "");
+               (t.no_reuse_reason ? `nothing reused: ${t.no_reuse_reason}` : speedupText(t)) +
+               (t.status && t.status !== t.no_reuse_reason ? ` · ${t.status}` : "") +
+               (t.interrupted ? " · interrupted" : "");
   ctx.fillText(head, pad, top + 11, w - 2 * pad);
   ctx.fillStyle = "rgba(0,0,0,0.25)";
   ctx.fillRect(pad, barTop, w - 2 * pad, barH);
@@ -116,9 +118,9 @@ function showTrace(detail) {
     summary: "SenCache",
     detail: `${who}: computed ${detail.computed}/${detail.total} model evaluations, ${speedupText(detail)}` +
             (detail.interrupted ? ", run interrupted" : "") +
-            (detail.status ? `; ${detail.status}` : "") +
-            (detail.no_reuse_reason && !detail.status ? `. Nothing reused: ${detail.no_reuse_reason}` : ""),
-    life: detail.no_reuse_reason && !detail.status ? 12000 : 6000,
+            (detail.no_reuse_reason ? `. Nothing reused: ${detail.no_reuse_reason}` : "") +
+            (detail.status && detail.status !== detail.no_reuse_reason ? `. ${detail.status}` : ""),
+    life: detail.no_reuse_reason ? 12000 : 6000,
   });
 }
 
