@@ -97,10 +97,12 @@ def main(argv=None) -> int:
     mp = comfy.sd.load_diffusion_model(args.weights)
     t0 = time.time()
     result = run_check(mp, args.samples, settings)
-    print(format_report(result, args.weights))
+    w = pathlib.Path(args.weights).resolve()
+    shown = str(w.relative_to(REPO)) if w.is_relative_to(REPO) else str(w)
+    print(format_report(result, shown))
     print(f"({time.time() - t0:.0f} s)")
     if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(dict(weights=args.weights, result=result), indent=1))
+        pathlib.Path(args.json).write_text(json.dumps(dict(weights=shown, result=result), indent=1))
     return 0 if all(r["pass"] for r in result.values()) else 1
 
 

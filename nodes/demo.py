@@ -23,7 +23,9 @@ class SenCacheDemoPrompt(io.ComfyNode):
                 io.String.Input("text", multiline=True, default="red circle and blue square on green",
                                 tooltip="'<colour> <shape> [and <colour> <shape>] on <colour>'. Colours: "
                                         + ", ".join(data.COLOUR_NAMES) + ". Shapes: " + ", ".join(data.SHAPES)
-                                        + f". Background defaults to {data.DEFAULT_BACKGROUND}. Use this as the positive; "
+                                        + f". Background defaults to {data.DEFAULT_BACKGROUND}. The demo model draws the "
+                                        "shapes centred; with two, the one whose colour comes first in this list is "
+                                        "large and the other inside it. Use this as the positive; "
                                         "for the negative use ConditioningZeroOut on it (zeros = unconditional)."),
             ],
             outputs=[io.Conditioning.Output(tooltip="CONDITIONING for the demo model: a [1, 3, 4096] context.")],
