@@ -210,8 +210,8 @@ def ltx2(info) -> dict:
            "`sencache_calibrate_save_load_apply`).\n\n"
            "With sound (LTXV Empty Latent Audio → LTXV Concat AV Latent → sampler → LTXV Separate AV Latent, as in "
            "ComfyUI's LTX-2 templates) SenCache decides once per model evaluation for video and audio together.",
-           (0, -420), (640, 390))
-    g.note(SENCACHE_HOWTO, (680, -420), (520, 390))
+           (0, -400), (700, 370))
+    g.note(SENCACHE_HOWTO, (740, -400), (520, 370))
     unet = g.node("UNETLoader", (0, 0), unet_name="ltx-2-19b-dev-fp8.safetensors", weight_dtype="default")
     te = g.node("DualCLIPLoader", (0, 130), clip_name1="gemma_3_12B_it_fp4_mixed.safetensors",
                 clip_name2="ltx-2-19b-embeddings_connector_dev_bf16.safetensors", type="ltxv", device="default")
@@ -222,13 +222,13 @@ def ltx2(info) -> dict:
                  text="low quality, worst quality, deformed, distorted, disfigured, motion smear, motion artifacts")
     cond = g.node("LTXVConditioning", (360, 420), frame_rate=25.0)
     lat = g.node("EmptyLTXVLatentVideo", (0, 450), width=768, height=512, length=97, batch_size=1)
-    cal = g.node("SenCacheCalibrator", (800, 0), (340, 0), color=SC, seed=0, steps=20, cfg=4.0, sampler_name="euler",
+    cal = g.node("SenCacheCalibrator", (780, 0), (340, 0), color=SC, seed=0, steps=20, cfg=4.0, sampler_name="euler",
                  scheduler="simple", runs=1, denoise=1.0, save_as="ltx2_t2v")
-    sc = g.node("SenCacheApply", (1180, 0), color=SC)
-    ks = g.node("KSampler", (1540, 0), seed=42, steps=20, cfg=4.0, sampler_name="euler", scheduler="simple", denoise=1.0)
-    dec = g.node("VAEDecode", (1900, 0), (220, 80))
-    cv = g.node("CreateVideo", (1900, 120), (220, 100), fps=25.0)
-    sv = g.node("SaveVideo", (1900, 260), (300, 140), filename_prefix="video/sencache_ltx2")
+    sc = g.node("SenCacheApply", (1140, 0), color=SC)
+    ks = g.node("KSampler", (1480, 0), seed=42, steps=20, cfg=4.0, sampler_name="euler", scheduler="simple", denoise=1.0)
+    dec = g.node("VAEDecode", (1480, 300), (220, 80))
+    cv = g.node("CreateVideo", (1480, 400), (220, 100), fps=25.0)
+    sv = g.node("SaveVideo", (1480, 540), (300, 140), filename_prefix="video/sencache_ltx2")
     g.link(te, 0, pos, "clip"); g.link(te, 0, neg, "clip")
     g.link(pos, 0, cond, "positive"); g.link(neg, 0, cond, "negative")
     g.link(unet, 0, cal, "model"); g.link(cond, 0, cal, "positive"); g.link(cond, 1, cal, "negative")
