@@ -371,11 +371,11 @@ def calibrate(info) -> dict:
 
 def demo(info) -> dict:
     g = Graph(info)
-    g.note("### SenCache demo model (CPU, about 40 s)\n\n"
+    g.note("### SenCache demo model (CPU, under a minute)\n\n"
            "A small Wan 2.1-architecture model trained in this repository on procedural videos of coloured shapes. "
            "No text encoder or VAE needed: **SenCache Demo Prompt** makes the conditioning, **SenCache Demo Decode** "
            "the frames.\n\nModel file: copy `demo_model/weights/sencache_demo_wan.safetensors` of this pack to "
-           "`models/diffusion_models/`.\n\nThe whole workflow took about 40 s on one CPU thread: the Calibrator "
+           "`models/diffusion_models/`.\n\nThe whole workflow took 10–40 s on one CPU thread (idle to busy machine): the Calibrator "
            "measures the demo model's profile (2 runs of 30 steps, one extra evaluation per step), then the "
            "KSampler runs with SenCache. The Visualizer plots that run: S against ε per step, computed and reused "
            "steps, the estimated speed-up.\n\nPrompt words: colours red, green, blue, yellow, white, black, "
