@@ -25,7 +25,8 @@ build_venv() {
   "$PY" -m venv "$VENV"
   say "1/3 pip"
   pipq --upgrade pip==24.3.1
-  # torch first, pinned: unpinned pip would pull several GB of CUDA wheels.
+  # torch first, pinned. PyPI's Linux torch wheel depends on NVIDIA's CUDA libraries (about 3 GB of .dev/); a
+  # CPU-only torch is published only on download.pytorch.org, which this set-up does not use.
   say "2/3 torch 2.14.1, torchvision 0.29.1"
   pipq torch==2.14.1 torchvision==0.29.1
   say "3/3 requirements-dev.txt, requirements.txt"
