@@ -34,6 +34,32 @@ SENCACHE_HOWTO = (
     "`sencache_calibrate_save_load_apply`.")
 
 
+def _wan21_t2v_graph(g: Graph, sencache, prefix: str) -> dict:
+    """ComfyUI's Wan 2.1 T2V 1.3B graph with SenCache between ModelSamplingSD3 and the KSampler. `sencache(g)` adds
+    the SenCache node (and what feeds its profile) and returns (SenCache node, profile node or None)."""
+    unet = g.node("UNETLoader", (0, 0), unet_name="wan2.1_t2v_1.3B_fp16.safetensors", weight_dtype="default")
+    ms = g.node("ModelSamplingSD3", (0, 130), shift=8.0)
+    clip = g.node("CLIPLoader", (0, 260), clip_name="umt5_xxl_fp8_e4m3fn_scaled.safetensors", type="wan")
+    vae = g.node("VAELoader", (0, 420), vae_name="wan_2.1_vae.safetensors")
+    pos = g.node("CLIPTextEncode", (360, 0), (400, 180), title="CLIP Text Encode (Positive Prompt)",
+                 text="A red fox trotting through fresh snow in a birch forest, morning light, cinematic.")
+    neg = g.node("CLIPTextEncode", (360, 210), (400, 180), title="CLIP Text Encode (Negative Prompt)",
+                 text="blurry, low quality, static, distorted, watermark, text")
+    lat = g.node("EmptyHunyuanLatentVideo", (360, 420), width=832, height=480, length=33, batch_size=1)
+    sc, prof = sencache(g)
+    ks = g.node("KSampler", (1160, 0), seed=42, steps=30, cfg=6.0, sampler_name="uni_pc", scheduler="simple", denoise=1.0)
+    dec = g.node("VAEDecode", (1520, 0), (220, 80))
+    cv = g.node("CreateVideo", (1520, 120), (220, 100), fps=16.0)
+    sv = g.node("SaveVideo", (1520, 260), (300, 140), filename_prefix=prefix)
+    g.link(unet, 0, ms, "model"); g.link(ms, 0, sc, "model")
+    if prof is not None:
+        g.link(prof, 0, sc, "profile")
+    g.link(clip, 0, pos, "clip"); g.link(clip, 0, neg, "clip")
+    g.link(sc, 0, ks, "model"); g.link(pos, 0, ks, "positive"); g.link(neg, 0, ks, "negative"); g.link(lat, 0, ks, "latent_image")
+    g.link(ks, 0, dec, "samples"); g.link(vae, 0, dec, "vae"); g.link(dec, 0, cv, "images"); g.link(cv, 0, sv, "video")
+    return g.to_json()
+
+
 def wan21_t2v(info) -> dict:
     g = Graph(info)
     g.note("### Wan 2.1 text-to-video (1.3B) with SenCache\n\nModel files (ComfyUI folder names):\n"
@@ -44,26 +70,10 @@ def wan21_t2v(info) -> dict:
            "(vita-epfl/SenCache, `Wan2.1/`), or your own profile from the calibration workflow.\n\n"
            "The 14B T2V works the same way (its own profile; calibrate it).", (0, -330), (520, 300))
     g.note(SENCACHE_HOWTO, (560, -330), (520, 300))
-    unet = g.node("UNETLoader", (0, 0), unet_name="wan2.1_t2v_1.3B_fp16.safetensors", weight_dtype="default")
-    ms = g.node("ModelSamplingSD3", (0, 130), shift=8.0)
-    clip = g.node("CLIPLoader", (0, 260), clip_name="umt5_xxl_fp8_e4m3fn_scaled.safetensors", type="wan")
-    vae = g.node("VAELoader", (0, 420), vae_name="wan_2.1_vae.safetensors")
-    pos = g.node("CLIPTextEncode", (360, 0), (400, 180), title="CLIP Text Encode (Positive Prompt)",
-                 text="A red fox trotting through fresh snow in a birch forest, morning light, cinematic.")
-    neg = g.node("CLIPTextEncode", (360, 210), (400, 180), title="CLIP Text Encode (Negative Prompt)",
-                 text="blurry, low quality, static, distorted, watermark, text")
-    lat = g.node("EmptyHunyuanLatentVideo", (360, 420), width=832, height=480, length=33, batch_size=1)
-    prof = g.node("SenCacheLoadProfile", (800, 0), color=SC, profile_name="sensitivity_wan21.npz", npz_preset="auto")
-    sc = g.node("SenCacheApply", (800, 130), color=SC)
-    ks = g.node("KSampler", (1160, 0), seed=42, steps=30, cfg=6.0, sampler_name="uni_pc", scheduler="simple", denoise=1.0)
-    dec = g.node("VAEDecode", (1520, 0), (220, 80))
-    cv = g.node("CreateVideo", (1520, 120), (220, 100), fps=16.0)
-    sv = g.node("SaveVideo", (1520, 260), (300, 140), filename_prefix="video/sencache_wan21_t2v")
-    g.link(unet, 0, ms, "model"); g.link(ms, 0, sc, "model"); g.link(prof, 0, sc, "profile")
-    g.link(clip, 0, pos, "clip"); g.link(clip, 0, neg, "clip")
-    g.link(sc, 0, ks, "model"); g.link(pos, 0, ks, "positive"); g.link(neg, 0, ks, "negative"); g.link(lat, 0, ks, "latent_image")
-    g.link(ks, 0, dec, "samples"); g.link(vae, 0, dec, "vae"); g.link(dec, 0, cv, "images"); g.link(cv, 0, sv, "video")
-    return g.to_json()
+    def sencache(g):
+        prof = g.node("SenCacheLoadProfile", (800, 0), color=SC, profile_name="sensitivity_wan21.npz", npz_preset="auto")
+        return g.node("SenCacheApply", (800, 130), color=SC), prof
+    return _wan21_t2v_graph(g, sencache, "video/sencache_wan21_t2v")
 
 
 def quickstart(info) -> dict:
@@ -83,25 +93,9 @@ def quickstart(info) -> dict:
            "- `models/vae/wan_2.1_vae.safetensors`", (0, -380), (620, 350))
     g.note(SENCACHE_HOWTO.replace("**Load Profile → SenCache → sampler.** ", "**SenCache → sampler.** "),
            (660, -380), (520, 350))
-    unet = g.node("UNETLoader", (0, 0), unet_name="wan2.1_t2v_1.3B_fp16.safetensors", weight_dtype="default")
-    ms = g.node("ModelSamplingSD3", (0, 130), shift=8.0)
-    clip = g.node("CLIPLoader", (0, 260), clip_name="umt5_xxl_fp8_e4m3fn_scaled.safetensors", type="wan")
-    vae = g.node("VAELoader", (0, 420), vae_name="wan_2.1_vae.safetensors")
-    pos = g.node("CLIPTextEncode", (360, 0), (400, 180), title="CLIP Text Encode (Positive Prompt)",
-                 text="A red fox trotting through fresh snow in a birch forest, morning light, cinematic.")
-    neg = g.node("CLIPTextEncode", (360, 210), (400, 180), title="CLIP Text Encode (Negative Prompt)",
-                 text="blurry, low quality, static, distorted, watermark, text")
-    lat = g.node("EmptyHunyuanLatentVideo", (360, 420), width=832, height=480, length=33, batch_size=1)
-    sc = g.node("SenCacheApply", (800, 0), color=SC, title="SenCache (learns its profile)")
-    ks = g.node("KSampler", (1160, 0), seed=42, steps=30, cfg=6.0, sampler_name="uni_pc", scheduler="simple", denoise=1.0)
-    dec = g.node("VAEDecode", (1520, 0), (220, 80))
-    cv = g.node("CreateVideo", (1520, 120), (220, 100), fps=16.0)
-    sv = g.node("SaveVideo", (1520, 260), (300, 140), filename_prefix="video/sencache_quickstart")
-    g.link(unet, 0, ms, "model"); g.link(ms, 0, sc, "model")
-    g.link(clip, 0, pos, "clip"); g.link(clip, 0, neg, "clip")
-    g.link(sc, 0, ks, "model"); g.link(pos, 0, ks, "positive"); g.link(neg, 0, ks, "negative"); g.link(lat, 0, ks, "latent_image")
-    g.link(ks, 0, dec, "samples"); g.link(vae, 0, dec, "vae"); g.link(dec, 0, cv, "images"); g.link(cv, 0, sv, "video")
-    return g.to_json()
+    return _wan21_t2v_graph(g, lambda g: (g.node("SenCacheApply", (800, 0), color=SC,
+                                                 title="SenCache (learns its profile)"), None),
+                            "video/sencache_quickstart")
 
 
 def wan21_i2v(info) -> dict:

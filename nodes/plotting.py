@@ -172,35 +172,32 @@ def _style(ax):
         ax.spines[side].set_visible(False)
 
 
+def _alpha_curve(ax, s, mean, std, hi, color, name, side, meaning, marker, band) -> list:
+    """One sensitivity against σ on `ax`: the mean, its ± std band, the high percentile when it differs."""
+    line, = ax.plot(s, mean, color=color, lw=2, marker=marker, ms=3.5, label=f"{name}(σ)  ({side} axis)")
+    handles = [line]
+    if band and np.any(std > 0):
+        ax.fill_between(s, np.maximum(mean - std, 0), mean + std, color=color, alpha=0.12, lw=0)
+    if not np.allclose(hi, mean):
+        h, = ax.plot(s, hi, color=color, lw=1, ls="--", label=f"{name} high percentile")
+        handles.append(h)
+    ax.set_ylabel(f"{name}  ({meaning})", color=color)
+    ax.tick_params(axis="y", colors=color)
+    ax.set_ylim(bottom=0)
+    return handles
+
+
 def _profile_axes(ax, profile, sigmas_computed=(), sigmas_reused=(), band: bool = True):
     """α_x (left axis) and α_t (right axis) against σ, high noise on the left as sampling proceeds."""
     s = profile.sigmas
     _style(ax)
     marker = "o" if s.size <= 60 else None
-    lx, = ax.plot(s, profile.alpha_x, color=AX_COLOR, lw=2, marker=marker, ms=3.5, label="α_x(σ)  (left axis)")
-    handles = [lx]
-    if band and np.any(profile.alpha_x_std > 0):
-        ax.fill_between(s, np.maximum(profile.alpha_x - profile.alpha_x_std, 0), profile.alpha_x + profile.alpha_x_std,
-                        color=AX_COLOR, alpha=0.12, lw=0)
-    if not np.allclose(profile.alpha_x_hi, profile.alpha_x):
-        h, = ax.plot(s, profile.alpha_x_hi, color=AX_COLOR, lw=1, ls="--", label="α_x high percentile")
-        handles.append(h)
-    ax.set_ylabel("α_x  (output change per latent change)", color=AX_COLOR)
-    ax.tick_params(axis="y", colors=AX_COLOR)
-    ax.set_ylim(bottom=0)
+    handles = _alpha_curve(ax, s, profile.alpha_x, profile.alpha_x_std, profile.alpha_x_hi, AX_COLOR, "α_x",
+                           "left", "output change per latent change", marker, band)
     ax2 = ax.twinx()
     ax2.spines["top"].set_visible(False)
-    lt, = ax2.plot(s, profile.alpha_t, color=AT_COLOR, lw=2, marker=marker, ms=3.5, label="α_t(σ)  (right axis)")
-    handles.append(lt)
-    if band and np.any(profile.alpha_t_std > 0):
-        ax2.fill_between(s, np.maximum(profile.alpha_t - profile.alpha_t_std, 0), profile.alpha_t + profile.alpha_t_std,
-                         color=AT_COLOR, alpha=0.12, lw=0)
-    if not np.allclose(profile.alpha_t_hi, profile.alpha_t):
-        h, = ax2.plot(s, profile.alpha_t_hi, color=AT_COLOR, lw=1, ls="--", label="α_t high percentile")
-        handles.append(h)
-    ax2.set_ylabel("α_t  (output change per unit σ)", color=AT_COLOR)
-    ax2.tick_params(axis="y", colors=AT_COLOR)
-    ax2.set_ylim(bottom=0)
+    handles += _alpha_curve(ax2, s, profile.alpha_t, profile.alpha_t_std, profile.alpha_t_hi, AT_COLOR, "α_t",
+                            "right", "output change per unit σ", marker, band)
     lo = min([s.min(), *sigmas_computed, *sigmas_reused])
     hi = max([s.max(), *sigmas_computed, *sigmas_reused])
     pad = 0.03 * max(hi - lo, 1e-6)
