@@ -71,7 +71,7 @@ def _select_rows(v, batch: int, rows: slice, skip):
     return v
 
 
-def _diffusion(executor, *args, **kwargs):
+def measuring_diffusion_wrapper(executor, *args, **kwargs):
     to = find_transformer_options(args, kwargs)
     holder: CalibrationHolder | None = (to or {}).get(CAL_KEY)
     out = executor(*args, **kwargs)
@@ -150,7 +150,7 @@ def calibrate(model, positive, negative, latent: dict, seed: int, steps: int, cf
     holder = CalibrationHolder(facts["latent_channels"])
     m.model_options.setdefault("transformer_options", {})[CAL_KEY] = holder
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, CAL_KEY, _outer)
-    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, CAL_KEY, _diffusion)
+    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, CAL_KEY, measuring_diffusion_wrapper)
 
     latent_image = comfy.sample.fix_empty_latent_channels(m, latent["samples"])
     pbar = comfy.utils.ProgressBar(runs * steps)

@@ -27,7 +27,7 @@ from ..sencache_core import ProfileError, RunTrace, SensitivityProfile, StepReco
 from ..sencache_core import learn as L
 from . import profiles
 from .calibrate import CAL_KEY, CalibrationHolder
-from .calibrate import _diffusion as calibrate_call
+from .calibrate import measuring_diffusion_wrapper as calibrate_call
 from .runtime import RunState, as_parts
 
 log = logging.getLogger("SenCache")
