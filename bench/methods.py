@@ -107,9 +107,15 @@ def computed_steps(n: int, budget: int) -> set[int]:
 
 
 def planned_sigmas(profile, budget: int, reference_sigmas, spacing: str | None = None) -> list[float]:
-    """The pack's planned schedule (sencache_core.schedule; spacing None = the node's default) for `budget` real
-    steps, anchored at the reference schedule's first and last non-zero σ."""
+    """The pack's planned schedule (sencache_core.schedule) for `budget` real steps anchored at the reference
+    schedule: spacing None = "scheduler × profile"; "calibrated" = the candidate the Calibrator's tune_schedule found
+    best for the nearest tuned fraction (as the SenCache Schedule node's auto / calibrated spacing picks it)."""
     from sencache_core import schedule
+    if spacing == schedule.CALIBRATED:
+        name = schedule.calibrated_candidate(profile, budget, len(reference_sigmas) - 1)
+        if name is None:
+            raise ValueError("the profile has no schedule tuning for this budget")
+        return schedule.schedule_for(profile, name, budget, reference_sigmas)
     return schedule.plan_from_base(profile, budget, reference_sigmas, spacing or schedule.SCHEDULER_X_PROFILE)
 
 

@@ -59,7 +59,12 @@ CONFIGS = {
     "dpmpp_2m_40_cfg3_shift3": dict(sampler="dpmpp_2m", scheduler="simple", steps=40, cfg=3.0, shift=3.0),
     "euler_ancestral_20_cfg5_shift5": dict(sampler="euler_ancestral", scheduler="simple", steps=20, cfg=5.0, shift=5.0),
     "uni_pc_20_cfg1_shift3": dict(sampler="uni_pc", scheduler="simple", steps=20, cfg=1.0, shift=3.0),
+    "uni_pc_40_cfg5_shift3": dict(sampler="uni_pc", scheduler="simple", steps=40, cfg=5.0, shift=3.0),
 }
+# the wide benchmark (bench/wide.py): every method on both models; the last five were chosen after every default
+WIDE_CONFIGS = ("wan_template", "euler_20_cfg4_shift5", "dpmpp_2m_40_cfg3_shift3", "euler_ancestral_20_cfg5_shift5",
+                "uni_pc_20_cfg1_shift3", "uni_pc_40_cfg5_shift3")
+WIDE_METHODS = ("sc_ox", "sc_opt", "fix_out", "fix_ox", "steps", "steps_shift", "plan", "plan_cal", "plan_sc")
 FRACTIONS = (1 / 2, 1 / 3, 1 / 4)
 SHIFT_GRID = (1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 SHIFT_TUNING_SAMPLES = 3       # the first 3 calibration samples choose the re-tuned shift (CPU time)
@@ -71,18 +76,22 @@ SENCACHE_ROWS = {"SenCache (output_extrapolated)": ("output_extrapolated", None)
 METHODS = (*SENCACHE_ROWS, "EasyCache core (input copied)", "EasyCache core (as-is)",
            "LazyCache core", "TeaCache-style", "MagCache-style", "Fixed interval (output)",
            "Fixed interval (output-input)", "Fixed interval + extrapolation", "Every k-th step (output)",
-           "Fewer steps (same shift)", "Fewer steps (shift tuned)", "Planned schedule", "Planned schedule (profile only)")
+           "Fewer steps (same shift)", "Fewer steps (shift tuned)", "Planned schedule", "Planned schedule (profile only)",
+           "SenCache (optimal placement)", "Planned schedule + SenCache", "Planned schedule (calibrated)")
 SHORT = {"SenCache (output_extrapolated)": "sc_ox", "SenCache (output_extrapolated, K=6)": "sc_ox_k6",
          "SenCache (output)": "sc_out", "SenCache (output-input)": "sc_omi", "EasyCache core (input copied)": "ec_copy",
          "EasyCache core (as-is)": "ec_asis", "LazyCache core": "lazy", "TeaCache-style": "tea", "MagCache-style": "mag",
          "Fixed interval (output)": "fix_out", "Fixed interval (output-input)": "fix_omi",
          "Fixed interval + extrapolation": "fix_ox", "Planned schedule": "plan",
          "Planned schedule (profile only)": "plan_sigma",
+         "SenCache (optimal placement)": "sc_opt", "Planned schedule + SenCache": "plan_sc",
+         "Planned schedule (calibrated)": "plan_cal",
          "Every k-th step (output)": "every_k",
          "Fewer steps (same shift)": "steps", "Fewer steps (shift tuned)": "steps_shift"}
 # only with --methods (CPU time)
 OPTIONAL_METHODS = ("SenCache (output_extrapolated, K=6)", "Fixed interval (output-input)", "Every k-th step (output)",
                     "Planned schedule (profile only)")
+PLAN_CACHE_STEPS = 1.5   # "Planned schedule + SenCache": this many planned steps per computed evaluation
 PARAM_RANGE = (1e-4, 20.0)
 PSNR_CAP = 100.0
 
@@ -198,7 +207,8 @@ class Bench:
             pos, neg = C.conds(text)
             with torch.inference_mode():
                 _, prof = self.sc.calibrate.calibrate(self.model, pos, neg, {"samples": C.empty_latent()}, seed, self.N,
-                                                      c["cfg"], c["sampler"], c["scheduler"], 1)
+                                                      c["cfg"], c["sampler"], c["scheduler"], 1,
+                                                      tune_schedule=True)
             profs.append(prof)
         self.profile = self.sc.core.merge_profiles(profs) if len(profs) > 1 else profs[0]
         self.best_shift, shift_table = {}, {}
@@ -227,6 +237,12 @@ class Bench:
         """(model, steps) for method `name` at budget B and threshold p."""
         from bench import methods as M
         N = self.N
+        if name == "SenCache (optimal placement)":       # budget mode, computed steps chosen at once
+            return self.sc.apply.apply_sencache(self.model, self.profile, self._budget_settings(N, B))[0], N
+        if name == "Planned schedule + SenCache":         # PLAN_CACHE_STEPS x B planned steps, B of them computed
+            steps = min(N, int(math.floor(PLAN_CACHE_STEPS * B + 0.5)))
+            model = self.sc.apply.apply_sencache(self.model, self.profile, self._budget_settings(steps, B))[0]
+            return model, M.planned_sigmas(self.profile, steps, self.reference_sigmas)
         if name.startswith("SenCache"):
             mode, K = SENCACHE_ROWS[name]
             if K is None:        # as budget mode derives it; ComfyUI skips the uncond pass at CFG 1
@@ -251,6 +267,8 @@ class Bench:
             return M.apply_fixed(self.model, B, "output_extrapolated"), N
         if name == "Planned schedule":
             return self.model, M.planned_sigmas(self.profile, B, self.reference_sigmas)
+        if name == "Planned schedule (calibrated)":
+            return self.model, M.planned_sigmas(self.profile, B, self.reference_sigmas, "calibrated")
         if name == "Planned schedule (profile only)":
             return self.model, M.planned_sigmas(self.profile, B, self.reference_sigmas, "profile only")
         if name == "Every k-th step (output)":
@@ -263,9 +281,16 @@ class Bench:
             return C.with_shift(self.base, self.best_shift[B]), B
         raise KeyError(name)
 
+    def _budget_settings(self, steps: int, B: int):
+        """The SenCache node's budget mode for B computed of `steps` evaluations with optimal placement (node defaults
+        otherwise: ε_start / ε_main = 0.2, final step protected, output_extrapolated)."""
+        return self.sc.runtime.SenCacheSettings(eps_start=0.02, eps_main=0.1, max_consecutive=3,
+                                                reuse_mode="output_extrapolated", target_speedup=steps / B,
+                                                placement="optimal")
+
     @staticmethod
     def adaptive(name: str) -> bool:
-        return not name.startswith(("Fixed", "Fewer", "Every", "Planned"))
+        return not name.startswith(("Fixed", "Fewer", "Every", "Planned", "SenCache (optimal"))
 
     def measure(self, frames, ref_frames, ref_feats) -> dict:
         from bench import vgg_features as V

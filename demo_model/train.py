@@ -236,6 +236,9 @@ def main(argv=None):
                          "validation model")
     ap.add_argument("--save-every", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--bf16", action="store_true",
+                    help="forward and backward under CPU bfloat16 autocast (weights, EMA and AdamW stay float32); "
+                         "2.4x faster per step on a CPU with AVX512-BF16")
     ap.add_argument("--stop-at", type=float, default=None, help="unix time: save and stop at the next step past it")
     ap.add_argument("--weights", default=str(WEIGHTS))
     ap.add_argument("--state", default=str(STATE))
@@ -265,6 +268,9 @@ def main(argv=None):
         export_compact(pathlib.Path(args.state), pathlib.Path(args.compact_state))
         return
     torch.use_deterministic_algorithms(True)
+    if args.bf16:   # comfy's RMSNorm gets bfloat16 input and float32 weight under autocast: correct, only unfused
+        import warnings
+        warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
     from devkit import host
     host.boot(None, load_pack=False)
 
@@ -314,7 +320,7 @@ def main(argv=None):
             "loss": f"{loss_avg:.5f}", "seed": str(args.seed), "batch": str(args.batch),
             "train_minutes": f"{elapsed / 60:.1f}", "threads": str(args.threads),
             "objective": "rectified flow, x_t=(1-t)x0+t*eps, v=eps-x0, timestep=1000t (ComfyUI CONST/FLOW)",
-            "weights": f"EMA decay {args.ema}", "object_weight": str(args.object_weight), "lr": str(args.lr), "train_shift": str(args.shift),
+            "weights": f"EMA decay {args.ema}", "bf16_autocast": str(args.bf16), "object_weight": str(args.object_weight), "lr": str(args.lr), "train_shift": str(args.shift),
             "sampling": "ModelSamplingSD3 shift 8, uni_pc, simple, 30 steps, cfg 6; negative = zeros [1,3,4096]",
             "latent_shape": json.dumps(list(data.LATENT_SHAPE)),
         }
@@ -344,7 +350,9 @@ def main(argv=None):
         eps = torch.randn(x0.shape, generator=g)
         tt = t.view(-1, 1, 1, 1, 1)
         xt = (1 - tt) * x0 + tt * eps
-        v = model(xt, t * 1000.0, ctx)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            v = model(xt, t * 1000.0, ctx)
+        v = v.float()
         if args.object_weight != 1.0:
             w = 1.0 + (args.object_weight - 1.0) * object_mask(specs, x0)
             loss = (w * (v - (eps - x0)) ** 2).mean() / w.mean()

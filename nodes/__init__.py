@@ -115,16 +115,23 @@ class SensitivityCalibrator(io.ComfyNode):
                 io.Int.Input("runs", default=2, min=1, max=64, tooltip="Number of sampling runs (consecutive seeds) to average over (count)."),
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01, tooltip="Denoise strength (fraction), as in KSampler."),
                 io.String.Input("save_as", default="", tooltip="If set, also save the profile as models/sencache/<save_as>_00001.safetensors."),
+                io.Boolean.Input("tune_schedule", default=False, optional=True,
+                                 tooltip="Also find the best spacing for fewer steps: after the first run, sample its noise "
+                                         "with 7 candidate schedules at 1/2, 1/3 and 1/4 of the steps and keep their errors "
+                                         "against it in the profile; SenCache Schedule then uses the best one. Costs about "
+                                         "7 × (1/2 + 1/3 + 1/4) ≈ 7.6 runs' worth of model evaluations more."),
             ],
             outputs=[io.Latent.Output(display_name="LATENT", tooltip="The first run's sampled latent (identical to a plain KSampler run)."),
                      Profile.Output(display_name="profile", tooltip="The measured sensitivity profile.")],
         )
 
     @classmethod
-    def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, runs, denoise, save_as) -> io.NodeOutput:
+    def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, runs, denoise, save_as,
+                tune_schedule=False) -> io.NodeOutput:
         if save_as.strip():
             profiles.check_prefix(save_as)      # a bad name fails now, not after the whole calibration
-        latent, profile = calibrate(model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, runs, denoise)
+        latent, profile = calibrate(model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, runs, denoise,
+                                    bool(tune_schedule))
         text = profile.describe()
         if save_as.strip():
             try:

@@ -18,6 +18,8 @@ import comfy.samplers
 import comfy.utils
 
 from ..sencache_core import TrajectoryCalibrator, aggregate_runs
+from ..sencache_core import schedule as sched
+from ..sencache_core.norms import rms
 from .runtime import as_parts, find_transformer_options
 from .model_info import model_facts
 
@@ -140,10 +142,30 @@ def check_calibration_inputs(steps, cfg, sampler_name, scheduler, runs, denoise)
         raise ValueError(f"Sensitivity Calibrator: need steps ≥ 2 and runs ≥ 1 (got {steps}, {runs})")
 
 
+def tune_schedules(model, positive, negative, latent_image, noise, reference, steps: int, cfg: float,
+                   sampler_name: str, scheduler: str, denoise: float, profile, latent: dict) -> dict:
+    """Sample the same noise with every candidate schedule for fewer steps (sencache_core.schedule.candidate_schedules,
+    at each of TUNE_FRACTIONS of `steps`) and compare with the uncached run of all `steps` (`reference`): RMS
+    difference of the final latents. Returns the "schedule_tuning" metadata record."""
+    from .schedule import base_sigmas
+    base = base_sigmas(model, scheduler, steps, denoise).tolist()
+    fracs = {}
+    for key, b in sched.tune_steps(steps).items():
+        errors = {}
+        for name, sig in sched.candidate_schedules(profile, b, base).items():
+            out = comfy.sample.sample(model, noise, b, cfg, sampler_name, scheduler, positive, negative, latent_image,
+                                      denoise=denoise, noise_mask=latent.get("noise_mask"), disable_pbar=True,
+                                      sigmas=torch.tensor(sig, dtype=torch.float32))
+            errors[name] = float(rms(out.float() - reference.float()))
+        fracs[key] = {"steps": b, "error": errors, "runs": 1}
+    return {"sampler": sampler_name, "scheduler": scheduler, "steps": steps, "fractions": fracs}
+
+
 def calibrate(model, positive, negative, latent: dict, seed: int, steps: int, cfg: float, sampler_name: str,
-              scheduler: str, runs: int, denoise: float = 1.0):
-    """Run `runs` samplings (seeds seed, seed+1, ...) with the calibration wrappers.
-    Returns (latent dict of the first run, SensitivityProfile)."""
+              scheduler: str, runs: int, denoise: float = 1.0, tune_schedule: bool = False):
+    """Run `runs` samplings (seeds seed, seed+1, ...) with the calibration wrappers; with tune_schedule, also compare
+    schedules for fewer steps against the first run (tune_schedules). Returns (latent dict of the first run,
+    SensitivityProfile)."""
     check_calibration_inputs(steps, cfg, sampler_name, scheduler, runs, denoise)
     facts = model_facts(model)
     m = model.clone()
@@ -154,9 +176,10 @@ def calibrate(model, positive, negative, latent: dict, seed: int, steps: int, cf
 
     latent_image = comfy.sample.fix_empty_latent_channels(m, latent["samples"])
     pbar = comfy.utils.ProgressBar(runs * steps)
-    first = None
+    first = first_noise = None
     for r in range(runs):
         noise = comfy.sample.prepare_noise(latent_image, seed + r, latent.get("batch_index"))
+        first_noise = noise if first_noise is None else first_noise
         samples = comfy.sample.sample(m, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
                                       denoise=denoise, noise_mask=latent.get("noise_mask"),
                                       callback=lambda *a: pbar.update(1), disable_pbar=True, seed=seed + r)
@@ -169,6 +192,13 @@ def calibrate(model, positive, negative, latent: dict, seed: int, steps: int, cf
             "cfg": cfg, "denoise": denoise, "shift": float(getattr(ms, "shift", 1.0)), "seeds": [seed, seed + runs - 1],
             "branch": "cond"}
     profile = aggregate_runs(holder.runs, meta)
+    if tune_schedule:
+        profile.metadata["schedule_tuning"] = tune_schedules(model, positive, negative, latent_image, first_noise,
+                                                             first, steps, cfg, sampler_name, scheduler, denoise,
+                                                             profile, latent)
+        log.info("SenCache calibration: schedules for fewer steps: %s", "; ".join(
+            f"{float(k):.0%} of the steps: {n} (RMS {e:.3g})"
+            for k, (n, e) in sched.best_candidates(profile.metadata["schedule_tuning"]).items()))
     out = latent.copy()
     out["samples"] = first
     out.pop("noise_mask", None)

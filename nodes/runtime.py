@@ -57,6 +57,8 @@ class SenCacheSettings:
     high_percentile: bool = False
     reuse_mode: str = "output_extrapolated"
     target_speedup: float = 0.0      # > 0: derive ε per run from the profile for about steps/target evaluations
+    placement: str = "threshold"     # budget mode: "threshold" (the rule with the derived ε) or "optimal" (the
+                                     # computed steps chosen at once; sencache_core.placement)
 
 
 class SenCacheHolder:
@@ -92,7 +94,8 @@ class SenCacheHolder:
                             sigma_reuse_start=float("inf") if s.reuse_start_percent <= 0 else p2s(s.reuse_start_percent),
                             sigma_reuse_end=0.0 if s.reuse_end_percent >= 1 else p2s(s.reuse_end_percent),
                             protect_final=s.protect_final, high_percentile=s.high_percentile,
-                            extrapolating=s.reuse_mode == "output_extrapolated", target_speedup=s.target_speedup)
+                            extrapolating=s.reuse_mode == "output_extrapolated", target_speedup=s.target_speedup,
+                            placement=s.placement)
 
     def plan(self, model_sampling, sample_sigmas: torch.Tensor) -> RunPlan:
         return plan_run(self.plan_settings(model_sampling), self.profile, sample_sigmas.flatten().tolist())

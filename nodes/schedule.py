@@ -28,8 +28,11 @@ def base_sigmas(model, scheduler: str, steps: int, denoise: float = 1.0) -> torc
     return s[-(steps + 1):]
 
 
+SPACING_OPTIONS = (plan.AUTO, plan.CALIBRATED, *plan.SPACINGS)
+
+
 def planned_sigmas(model, profile, steps: int, scheduler: str, base_steps: int, denoise: float = 1.0,
-                   spacing: str = plan.SCHEDULER_X_PROFILE):
+                   spacing: str = plan.AUTO):
     """(SIGMAS tensor of steps + 1 values, summary text)."""
     if profile is None:
         raise ProfileError("SenCache Schedule needs a sensitivity profile: connect Load Profile or a Sensitivity Calibrator")
@@ -44,11 +47,29 @@ def planned_sigmas(model, profile, steps: int, scheduler: str, base_steps: int, 
                     "planning with the documented proxy r = %g. A profile from the Sensitivity Calibrator plans better.",
                     plan.DX_PROXY)
     base = base_sigmas(model, scheduler, base_steps or steps, denoise)
-    if spacing not in plan.SPACINGS:
-        raise ValueError(f"spacing must be one of {plan.SPACINGS} (got {spacing!r})")
-    sig = plan.plan_from_base(profile, steps, base.tolist(), spacing)
+    if spacing not in SPACING_OPTIONS:
+        raise ValueError(f"spacing must be one of {SPACING_OPTIONS} (got {spacing!r})")
+    used = spacing
+    if spacing in (plan.AUTO, plan.CALIBRATED):
+        tuning = profile.metadata.get("schedule_tuning")
+        name = plan.calibrated_candidate(profile, steps, base_steps or steps)
+        if name is None and spacing == plan.CALIBRATED:
+            raise ProfileError("SenCache Schedule: spacing 'calibrated' needs a profile made with the Calibrator's "
+                               "tune_schedule on, and steps at most "
+                               f"{plan.CALIBRATED_MAX_FRACTION:.0%} of base_steps" if not tuning else
+                               f"SenCache Schedule: the profile's tuned spacings are for at most "
+                               f"{plan.CALIBRATED_MAX_FRACTION:.0%} of the base steps; {steps} of {base_steps or steps} "
+                               "is more: use 'scheduler × profile'")
+        if name is not None and tuning.get("scheduler") != scheduler:
+            log.warning("SenCache Schedule: the profile's spacings were tuned on scheduler %r, this schedule uses %r",
+                        tuning.get("scheduler"), scheduler)
+        used = f"calibrated: {name}" if name is not None else plan.SCHEDULER_X_PROFILE
+        sig = (plan.schedule_for(profile, name, steps, base.tolist()) if name is not None
+               else plan.plan_from_base(profile, steps, base.tolist(), plan.SCHEDULER_X_PROFILE))
+    else:
+        sig = plan.plan_from_base(profile, steps, base.tolist(), spacing)
     first, last = plan.anchors(base.tolist())
-    text = (f"SenCache Schedule ({spacing}): {steps} steps from σ {first:.4g} to {last:.4g} (then 0), the range of {scheduler} at "
+    text = (f"SenCache Schedule ({used}): {steps} steps from σ {first:.4g} to {last:.4g} (then 0), the range of {scheduler} at "
             f"{base_steps or steps} steps; σ = " + ", ".join(f"{v:.4g}" for v in sig))
     return torch.tensor(sig, dtype=torch.float32), text
 
@@ -74,18 +95,22 @@ class SenCacheSchedule(io.ComfyNode):
                                      "the planned schedule's last one. 0 = the same as steps."),
                 io.Float.Input("denoise", default=1.0, min=0.01, max=1.0, step=0.01,
                                tooltip="Denoise strength (fraction), as in BasicScheduler."),
-                io.Combo.Input("spacing", options=list(plan.SPACINGS), default=plan.SCHEDULER_X_PROFILE, optional=True,
-                               tooltip="scheduler × profile (default): the scheduler's own spacing, with steps moved to where the "
-                                       "profile predicts faster change. profile only: the same predicted output change per "
-                                       "step whatever the scheduler (9-14 dB below the default on the demo model: a flat profile spreads "
-                                       "the steps evenly in σ)."),
+                io.Combo.Input("spacing", options=list(SPACING_OPTIONS), default=plan.AUTO, optional=True,
+                               tooltip="auto (default): 'calibrated' when the profile was made with the Calibrator's "
+                                       "tune_schedule on (and steps ≤ 75 % of base_steps), else 'scheduler × profile'. "
+                                       "calibrated: the spacing that came closest to the full-step run in that calibration, "
+                                       "at the nearest tuned fraction (1/2, 1/3, 1/4 of the steps). scheduler × profile: the "
+                                       "scheduler's own spacing, with steps moved to where the profile predicts faster change. "
+                                       "profile only: the same predicted output change per step whatever the scheduler "
+                                       "(9-14 dB below 'scheduler × profile' on the demo model: a flat profile spreads the "
+                                       "steps evenly in σ)."),
             ],
             outputs=[io.Sigmas.Output(tooltip="steps + 1 σ values, descending, ending with 0.")],
         )
 
     @classmethod
     def execute(cls, model, profile, steps, scheduler, base_steps, denoise,
-                spacing=plan.SCHEDULER_X_PROFILE) -> io.NodeOutput:
+                spacing=plan.AUTO) -> io.NodeOutput:
         sigmas, text = planned_sigmas(model, profile, steps, scheduler, base_steps, denoise, spacing)
         log.info(text)
         return io.NodeOutput(sigmas, ui={"text": [text]})

@@ -10,16 +10,23 @@ Budget mode (target_speedup > 0): the run should compute about n / target evalua
   (which, when it extrapolates the reused output, gets at least budget.UNGUIDED_MIN_K at low budgets);
 - ε: bisected on a simulated run (budget.eps_for_budget), once per policy; the guided policy keeps the user's
   ratio ε_start / ε_main (DEFAULT_START_RATIO when ε_main = 0), the unguided one has a single ε.
+- placement "optimal" (PLACEMENTS): instead of the threshold rule with that ε, the computed steps are chosen at once
+  for the target count (placement.optimal_computed: least predicted error under the same K and protected steps; in
+  the guided policy the early phase's error counts ε_main / ε_start times, as the rule's stricter ε there implies).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
 from .budget import eps_for_budget, k_for_target, target_from_speedup
-from .policy import ReusePolicy
+from .placement import optimal_computed
+from .policy import PlacementPlan, ReusePolicy
 from .profile import SensitivityProfile
 
 DEFAULT_START_RATIO = 0.2    # ε_start / ε_main in budget mode when the node's ε_main is 0 (no ratio to keep)
+THRESHOLD = "threshold"      # budget mode's placements: the threshold rule with the derived ε (greedy, step by step)
+OPTIMAL = "optimal"          # ... or the computed steps chosen at once (placement.py)
+PLACEMENTS = (THRESHOLD, OPTIMAL)
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,7 @@ class PlanSettings:
     high_percentile: bool = False
     extrapolating: bool = False      # reused outputs are extrapolated in σ in runs without CFG
     target_speedup: float = 0.0      # > 0: budget mode
+    placement: str = THRESHOLD       # budget mode only: THRESHOLD or OPTIMAL
 
 
 @dataclass(frozen=True)
@@ -93,7 +101,20 @@ def plan_run(settings: PlanSettings, profile: SensitivityProfile, sigmas) -> Run
         eps_u, simulated_u = eps_for_budget(unguided, sig, target, 1.0)
         guided = replace(policy, max_consecutive=k, eps_main=eps, eps_start=eps * ratio)
         unguided = replace(unguided, eps_main=eps_u, eps_start=eps_u)
-        budget = {"target_speedup": s.target_speedup, "target_computed": target, "simulated_computed": simulated,
+        if s.placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {PLACEMENTS}, got {s.placement!r}")
+        if s.placement == OPTIMAL:
+            steps = tuple(sig[:-1])
+            final_idx = {i for i in range(n) if sig[i + 1] == 0.0} if s.protect_final else set()
+            window = lambda i: s.sigma_reuse_end < sig[i] <= s.sigma_reuse_start
+            early = lambda sg: (1.0 / ratio if ratio > 0 else 1e6) if sg > s.sigma_eps_switch else 1.0
+            plans = []
+            for pol, w in ((guided, early), (unguided, None)):
+                comp = optimal_computed(profile, sig, target, pol.max_consecutive, final_idx, window, w,
+                                        s.high_percentile)
+                plans.append(PlacementPlan(steps, frozenset(steps[i] for i in comp or ())))
+            guided, unguided = replace(guided, planned=plans[0]), replace(unguided, planned=plans[1])
+        budget = {"target_speedup": s.target_speedup, "placement": s.placement, "target_computed": target, "simulated_computed": simulated,
                   "eps_main": eps, "eps_start": eps * ratio, "max_consecutive": k,
                   "unguided_eps_main": eps_u, "unguided_simulated_computed": simulated_u,
                   "unguided_max_consecutive": k_u}

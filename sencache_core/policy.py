@@ -6,6 +6,9 @@ Rule (docs/METHOD.md §1–2), per model evaluation at noise level σ with laten
 where (x_r, σ_r) is the reference (the last computed evaluation), Δx and Δσ are cumulative from it, and
 α is looked up once at σ_r. ε(σ) = ε_start while σ > σ_switch (the fragile early part), ε_main after — in guided
 runs (CFG, an unconditional pass) only: without guidance ε_main applies throughout (`for_guidance`).
+With a placement planned before the run (budget mode with placement "optimal", placement.py), the comparison of S
+with ε is replaced by the plan: the steps it reuses are reused, every other evaluation is computed; the rules below
+(first, window, final step, profile coverage, cache, K) still apply.
 Everything is expressed in σ, never in step indices, so split sampling and denoise < 1 behave.
 Always computed: the first evaluation of a run (nothing cached), evaluations outside the reuse window
 (σ > σ_reuse_start or σ ≤ σ_reuse_end), the final step of the schedule (next σ = 0) when protected,
@@ -25,7 +28,23 @@ OUT_OF_PROFILE = "sigma_outside_profile"
 CACHE_INVALID = "cache_invalid"
 MAX_REUSE = "max_consecutive"
 ABOVE_EPS = "score_above_eps"
+PLANNED = "planned_compute"
 REUSE = "reuse"
+
+
+@dataclass(frozen=True)
+class PlacementPlan:
+    """A run's computed steps chosen in advance (placement.optimal_computed): `steps` are the σ of the schedule's
+    steps, `computed` those to compute. A σ that is not one of the steps (an evaluation between steps) is computed."""
+    steps: tuple
+    computed: frozenset
+
+    def classify(self, sigma: float) -> tuple[bool, bool]:
+        """(σ is a step of the plan, that step is computed)."""
+        for s in self.steps:
+            if abs(sigma - s) <= 1e-6 * max(1.0, abs(s)):
+                return True, s in self.computed
+        return False, True
 
 
 @dataclass(frozen=True)
@@ -59,6 +78,8 @@ class ReusePolicy:
     sigma_reuse_end: float = 0.0               # ... and σ > this
     protect_final: bool = True
     high_percentile: bool = False              # use the profile's high percentile of α instead of the mean
+    planned: PlacementPlan | None = None       # set: reuse exactly the plan's reused steps (still within K and the
+                                               # other rules above) instead of comparing S with ε
 
     def __post_init__(self):
         for name in ("eps_start", "eps_main"):
@@ -85,6 +106,8 @@ class ReusePolicy:
             return False
         if state.consecutive >= self.max_consecutive or max(self.eps_start, self.eps_main) <= 0:
             return False
+        if self.planned is not None:
+            return False
         if sigma is None:
             return True
         return (self.sigma_reuse_end < sigma <= self.sigma_reuse_start and not (final_step and self.protect_final)
@@ -107,6 +130,11 @@ class ReusePolicy:
             return Decision(False, CACHE_INVALID, None, eps, dx, dsigma)
         if state.consecutive >= self.max_consecutive:
             return Decision(False, MAX_REUSE, None, eps, dx, dsigma)
+        if self.planned is not None:               # the placement was planned before the run: no score needed
+            on_plan, compute = self.planned.classify(sigma)
+            if compute or not on_plan:
+                return Decision(False, PLANNED, None, eps, dx, dsigma)
+            return Decision(True, REUSE, None, eps, dx, dsigma)
         if eps <= 0:                               # S ≥ 0 is never < 0: no score needed
             return Decision(False, ABOVE_EPS, None, eps, dx, dsigma)
         if dx is None:                             # the host could not measure Δx (no comparable reference)

@@ -301,6 +301,12 @@ def merge_profiles(profiles: list[SensitivityProfile]) -> SensitivityProfile:
     meta = dict(profiles[0].metadata)
     meta.update({"source": "merge", "merged_from": [p.metadata.get("name") or p.metadata.get("source") for p in profiles],
                  "runs": int(sum(int(p.metadata.get("runs", 1) or 1) for p in profiles))})
+    from .schedule import merge_tuning     # schedule imports this module
+    tuning = merge_tuning([p.metadata.get("schedule_tuning") for p in profiles])
+    if tuning is None:
+        meta.pop("schedule_tuning", None)
+    else:
+        meta["schedule_tuning"] = tuning
     return SensitivityProfile(sigmas=grid, alpha_x=acc["ax"] / w, alpha_t=acc["at"] / w, alpha_x_hi=hi_x, alpha_t_hi=hi_t,
                               alpha_x_std=acc["sx"] / w, alpha_t_std=acc["st"] / w, dx_per_sigma=acc["dx"] / w,
                               counts=acc["w"], metadata=meta)

@@ -138,3 +138,110 @@ def predicted_step_changes(profile: SensitivityProfile, sigmas, grid_points: int
         g = output_change_rate(profile, grid)
         out.append(float(np.sum(0.5 * (g[1:] + g[:-1]) * np.diff(grid))))
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Calibrated spacing: candidate schedules for fewer steps, compared by the Sensitivity Calibrator against its own
+# uncached run; the profile keeps their errors (metadata "schedule_tuning") and the winner is used for that fraction.
+
+WARPS = (0.5, 0.7, 1.0, 1.4, 2.0, 2.8)    # shift-like warps of the base schedule's step parameter (1 = its own spacing)
+TUNE_FRACTIONS = (1 / 2, 1 / 3, 1 / 4)     # real steps / base steps that the Calibrator tunes
+CALIBRATED = "calibrated"
+AUTO = "auto"
+PROFILE_CANDIDATE = "profile"              # the candidate planned with SCHEDULER_X_PROFILE
+CALIBRATED_MAX_FRACTION = 0.75             # above this fraction of the base steps the tuned spacings do not apply
+
+
+def warp_name(w: float) -> str:
+    return f"warp {w:g}"
+
+
+def warp_on_base(steps: int, base_sigmas, warp: float) -> list[float]:
+    """steps + 1 σ values between the base schedule's first σ and last non-zero σ (then 0). With t ∈ [0, 1] the base
+    schedule's step parameter (σ linear between its points) and u_k = k / (steps − 1), the points lie at
+    t_k = 1 − w·(1 − u_k) / (1 + (w − 1)·(1 − u_k)): the map a flow model's shift applies, so w > 1 moves steps towards
+    high σ like a higher shift and w = 1 keeps the scheduler's own spacing."""
+    if not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps must be an integer ≥ 1 (got {steps!r})")
+    if not (math.isfinite(warp) and warp > 0):
+        raise ValueError(f"warp must be a finite number > 0 (got {warp!r})")
+    first, last = anchors(base_sigmas)
+    base = np.array([float(v) for v in np.asarray(base_sigmas, dtype=np.float64).reshape(-1) if v > 0])
+    if steps == 1:
+        return [first, 0.0]
+    if base.size < 2:
+        raise ValueError(f"the base schedule has a single σ > 0 ({first}); give it at least two steps")
+    tau = 1.0 - np.linspace(0.0, 1.0, steps)
+    t = 1.0 - warp * tau / (1.0 + (warp - 1.0) * tau)
+    pts = np.interp(t, np.linspace(0.0, 1.0, base.size), base)
+    pts[0], pts[-1] = first, last
+    return [float(v) for v in pts] + [0.0]
+
+
+def tune_steps(base_steps: int) -> dict:
+    """{fraction key: real steps} the Calibrator tunes for a base schedule of base_steps steps (≥ 2 real steps)."""
+    out = {}
+    for f in TUNE_FRACTIONS:
+        b = int(math.floor(base_steps * f + 0.5))
+        if 2 <= b < base_steps:
+            out[f"{f:.4f}"] = b
+    return out
+
+
+def candidate_schedules(profile: SensitivityProfile, steps: int, base_sigmas) -> dict:
+    """{candidate name: σ list} for `steps` real steps on the base schedule: every warp and the profile plan."""
+    out = {warp_name(w): warp_on_base(steps, base_sigmas, w) for w in WARPS}
+    out[PROFILE_CANDIDATE] = plan_on_base(profile, steps, base_sigmas)
+    return out
+
+
+def best_candidates(tuning: dict) -> dict:
+    """{fraction key: (candidate name, its mean error)} from a profile's "schedule_tuning" metadata."""
+    out = {}
+    for key, entry in (tuning or {}).get("fractions", {}).items():
+        errs = {k: float(v) for k, v in entry.get("error", {}).items() if math.isfinite(float(v))}
+        if errs:
+            name = min(errs, key=errs.get)
+            out[key] = (name, errs[name])
+    return out
+
+
+def calibrated_candidate(profile: SensitivityProfile, steps: int, base_steps: int) -> str | None:
+    """The tuned candidate for `steps` of `base_steps` (the nearest tuned fraction, in log scale), or None when the
+    profile has no tuning or the fraction is above CALIBRATED_MAX_FRACTION."""
+    best = best_candidates(profile.metadata.get("schedule_tuning"))
+    frac = steps / max(base_steps, 1)
+    if not best or frac > CALIBRATED_MAX_FRACTION:
+        return None
+    key = min(best, key=lambda k: abs(math.log(float(k)) - math.log(frac)))
+    return best[key][0]
+
+
+def schedule_for(profile: SensitivityProfile, name: str, steps: int, base_sigmas) -> list[float]:
+    """The σ list of a candidate by name (warp_name(w) or PROFILE_CANDIDATE)."""
+    if name == PROFILE_CANDIDATE:
+        return plan_on_base(profile, steps, base_sigmas)
+    if name.startswith("warp "):
+        return warp_on_base(steps, base_sigmas, float(name.split(" ", 1)[1]))
+    raise ValueError(f"unknown schedule candidate {name!r}")
+
+
+def merge_tuning(tunings: list) -> dict | None:
+    """Mean errors of several "schedule_tuning" records of the same base schedule (None if they differ or are
+    missing)."""
+    tunings = [t for t in tunings if t]
+    if not tunings:
+        return None
+    base = {k: tunings[0].get(k) for k in ("sampler", "scheduler", "steps")}
+    if any({k: t.get(k) for k in base} != base for t in tunings):
+        return None
+    fracs = {}
+    for key in tunings[0].get("fractions", {}):
+        entries = [t["fractions"].get(key) for t in tunings]
+        if any(e is None for e in entries):
+            continue
+        names = set.intersection(*(set(e["error"]) for e in entries))
+        fracs[key] = {"steps": entries[0]["steps"],
+                      "error": {n: float(np.mean([e["error"][n] for e in entries])) for n in sorted(names)},
+                      "runs": int(sum(e.get("runs", 1) for e in entries))}
+    return dict(base, fractions=fracs)
