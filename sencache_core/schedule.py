@@ -179,11 +179,12 @@ def warp_on_base(steps: int, base_sigmas, warp: float) -> list[float]:
 
 
 def tune_steps(base_steps: int) -> dict:
-    """{fraction key: real steps} the Calibrator tunes for a base schedule of base_steps steps (≥ 2 real steps)."""
+    """{fraction key: real steps} the Calibrator tunes for a base schedule of base_steps steps (≥ 3 real steps: with
+    2 the anchors fix every point, so all candidates are the same schedule)."""
     out = {}
     for f in TUNE_FRACTIONS:
         b = int(math.floor(base_steps * f + 0.5))
-        if 2 <= b < base_steps:
+        if 3 <= b < base_steps:
             out[f"{f:.4f}"] = b
     return out
 

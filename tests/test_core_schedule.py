@@ -128,3 +128,38 @@ def test_spacing_and_base_are_checked():
     with pytest.raises(ValueError, match="single"):
         S.plan_from_base(p, 4, [0.5, 0.0])
     assert S.plan_from_base(p, 1, [0.5, 0.0]) == [0.5, 0.0]
+
+
+def test_warp_one_keeps_the_base_spacing_and_larger_warps_move_steps_to_high_sigma():
+    base = [float(3 * t / (1 + 2 * t)) for t in np.linspace(1, 0, 31)]        # shift-3 flow schedule, 30 steps
+    same = S.warp_on_base(10, base, 1.0)
+    t = np.linspace(0, 1, 10)
+    assert same[:-1] == pytest.approx(list(np.interp(t, np.linspace(0, 1, 30), base[:-1])))
+    hi, lo = S.warp_on_base(10, base, 2.0), S.warp_on_base(10, base, 0.5)
+    assert hi[0] == lo[0] == base[0] and hi[-2] == lo[-2] == base[-2] and hi[-1] == lo[-1] == 0.0
+    assert all(h >= m >= l for h, m, l in zip(hi[1:-2], same[1:-2], lo[1:-2]))
+    assert all(a > b for a, b in zip(hi[:-1], hi[1:]))
+    with pytest.raises(ValueError):
+        S.warp_on_base(10, base, 0.0)
+
+
+def test_tuning_records_pick_and_merge():
+    p = linear_profile(dx=1.0)
+    assert S.tune_steps(30) == {"0.5000": 15, "0.3333": 10, "0.2500": 8}
+    assert S.tune_steps(8) == {"0.5000": 4, "0.3333": 3} and S.tune_steps(4) == {}
+    assert S.calibrated_candidate(p, 10, 30) is None                    # no tuning in the profile
+    rec = lambda e: {"sampler": "euler", "scheduler": "simple", "steps": 30,
+                     "fractions": {"0.5000": {"steps": 15, "error": e, "runs": 1},
+                                   "0.2500": {"steps": 8, "error": {"warp 1": 1.0, "profile": 0.5}, "runs": 1}}}
+    a, b = rec({"warp 1": 1.0, "warp 2": 3.0}), rec({"warp 1": 2.0, "warp 2": 0.5})
+    merged = S.merge_tuning([a, b])
+    assert merged["fractions"]["0.5000"]["error"] == {"warp 1": 1.5, "warp 2": 1.75}
+    assert merged["fractions"]["0.5000"]["runs"] == 2
+    assert S.best_candidates(merged) == {"0.5000": ("warp 1", 1.5), "0.2500": ("profile", 0.5)}
+    assert S.merge_tuning([a, dict(b, steps=20)]) is None                 # different base schedules do not mix
+    p.metadata["schedule_tuning"] = merged
+    assert S.calibrated_candidate(p, 14, 30) == "warp 1"                  # nearest tuned fraction: 1/2
+    assert S.calibrated_candidate(p, 7, 30) == "profile"                  # nearest: 1/4
+    assert S.calibrated_candidate(p, 25, 30) is None                      # above 75 %
+    assert S.schedule_for(p, "warp 1", 5, [1.0, 0.8, 0.5, 0.2, 0.0]) == S.warp_on_base(5, [1.0, 0.8, 0.5, 0.2, 0.0], 1.0)
+    assert S.schedule_for(p, "profile", 5, [1.0, 0.8, 0.5, 0.2, 0.0]) == S.plan_on_base(p, 5, [1.0, 0.8, 0.5, 0.2, 0.0])

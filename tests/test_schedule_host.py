@@ -109,3 +109,60 @@ def test_schedule_node_refuses_bad_input(host, sc, demo):
         node(host, "SenCacheSchedule").execute(model, None, 8, "simple", 30, 1.0)
     one = node(host, "SenCacheSchedule").execute(model, profile, 1, "simple", 30, 1.0).args[0]
     assert one.tolist() == pytest.approx([1.0, 0.0])
+
+
+def test_calibrated_spacing_from_the_calibrators_schedule_tuning(host, sc, demo, tmp_path):
+    import comfy.sample
+    model, _, pos, neg, latent = demo
+    cal = host.NODE_CLASS_MAPPINGS["SenCacheCalibrator"]
+    assert cal.INPUT_TYPES()["optional"]["tune_schedule"][1]["default"] is False
+    out = cal.execute(model, pos, neg, latent, 3, 8, 4.0, "euler", "simple", 1, 1.0, "", True)
+    profile = out.args[1]
+    tuning = profile.metadata["schedule_tuning"]
+    plan = sc.schedule.plan if hasattr(sc, "schedule") else __import__(f"{sc.nodes.__name__}.schedule", fromlist=["plan"]).plan
+    assert (tuning["sampler"], tuning["scheduler"], tuning["steps"]) == ("euler", "simple", 8)
+    assert {v["steps"] for v in tuning["fractions"].values()} == {4, 3}
+    names = {plan.warp_name(w) for w in plan.WARPS} | {plan.PROFILE_CANDIDATE}
+    for entry in tuning["fractions"].values():
+        assert set(entry["error"]) == names and all(e > 0 for e in entry["error"].values())
+        assert len(set(entry["error"].values())) > 1                      # the candidates really differ
+    # a stored error is the RMS difference of that schedule's result from the full run's (same seed, same noise)
+    key, (best, best_err) = next(iter(plan.best_candidates(tuning).items()))
+    b = tuning["fractions"][key]["steps"]
+    base = node(host, "BasicScheduler").execute(model, "simple", 8, 1.0).args[0]
+    sig = torch.tensor(plan.schedule_for(profile, best, b, base.tolist()))
+    noise = comfy.sample.prepare_noise(latent["samples"], 3)
+    again = comfy.sample.sample(model, noise, b, 4.0, "euler", "simple", pos, neg, latent["samples"], sigmas=sig,
+                                disable_pbar=True, seed=3)
+    full = out.args[0]["samples"]
+    assert float(((again - full) ** 2).mean().sqrt()) == pytest.approx(best_err, rel=1e-4)
+    # the tuning survives saving and loading; "auto" then uses it for a fraction it covers
+    path = tmp_path / "tuned.safetensors"
+    profile.save(path)
+    loaded = sc.core.SensitivityProfile.load(path)
+    assert loaded.metadata["schedule_tuning"] == tuning
+    res = node(host, "SenCacheSchedule").execute(model, loaded, b, "simple", 8, 1.0)
+    assert f"calibrated: {best}" in res.ui["text"][0]
+    assert res.args[0].tolist() == pytest.approx(sig.tolist(), rel=1e-6)
+    # above 75 % of the base steps "auto" falls back; "calibrated" says why it cannot
+    res = node(host, "SenCacheSchedule").execute(model, loaded, 7, "simple", 8, 1.0)
+    assert "scheduler × profile" in res.ui["text"][0]
+    with pytest.raises(sc.core.ProfileError, match="75"):
+        node(host, "SenCacheSchedule").execute(model, loaded, 7, "simple", 8, 1.0, "calibrated")
+    with pytest.raises(sc.core.ProfileError, match="tune_schedule"):
+        node(host, "SenCacheSchedule").execute(model, demo[1], 4, "simple", 8, 1.0, "calibrated")
+
+
+@pytest.mark.parametrize("cfg", [1.0, 4.0])
+def test_budget_mode_with_optimal_placement_computes_the_planned_steps(host, sc, demo, cfg):
+    model, profile, pos, neg, latent = demo
+    sigmas = node(host, "BasicScheduler").execute(model, "simple", 12, 1.0).args[0]
+    st = sc.runtime.SenCacheSettings(eps_start=0.02, eps_main=0.1, max_consecutive=3, target_speedup=3.0,
+                                     placement="optimal")
+    cached, holder = sc.apply.apply_sencache(model, profile, st)
+    out = sample_custom(host, cached, sigmas, pos, neg, latent, cfg=cfg)
+    steps = holder.last_trace.steps
+    assert torch.isfinite(out).all() and len(steps) == 12
+    assert sum(not s.reuse for s in steps) == 4                                  # 12 steps / 3, exactly
+    assert {s.reason for s in steps if not s.reuse} <= {"first", "final_step", "planned_compute", "max_consecutive"}
+    assert all(s.score is None for s in steps)                                   # no Δx measured: the plan decides
