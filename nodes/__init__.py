@@ -117,9 +117,9 @@ class SensitivityCalibrator(io.ComfyNode):
                 io.String.Input("save_as", default="", tooltip="If set, also save the profile as models/sencache/<save_as>_00001.safetensors."),
                 io.Boolean.Input("tune_schedule", default=False, optional=True,
                                  tooltip="Also find the best spacing for fewer steps: after the first run, sample its noise "
-                                         "with 7 candidate schedules at 1/2, 1/3 and 1/4 of the steps and keep their errors "
+                                         "with 9 candidate schedules at 1/2, 1/3 and 1/4 of the steps and keep their errors "
                                          "against it in the profile; SenCache Schedule then uses the best one. Costs about "
-                                         "7 × (1/2 + 1/3 + 1/4) ≈ 7.6 runs' worth of model evaluations more."),
+                                         "9 × (1/2 + 1/3 + 1/4) ≈ 10 runs' worth of model evaluations more."),
             ],
             outputs=[io.Latent.Output(display_name="LATENT", tooltip="The first run's sampled latent (identical to a plain KSampler run)."),
                      Profile.Output(display_name="profile", tooltip="The measured sensitivity profile.")],

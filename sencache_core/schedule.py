@@ -144,7 +144,7 @@ def predicted_step_changes(profile: SensitivityProfile, sigmas, grid_points: int
 # Calibrated spacing: candidate schedules for fewer steps, compared by the Sensitivity Calibrator against its own
 # uncached run; the profile keeps their errors (metadata "schedule_tuning") and the winner is used for that fraction.
 
-WARPS = (0.5, 0.7, 1.0, 1.4, 2.0, 2.8)    # shift-like warps of the base schedule's step parameter (1 = its own spacing)
+WARPS = (0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 2.8)   # shift-like warps of the base schedule (1 = its own spacing)
 TUNE_FRACTIONS = (1 / 2, 1 / 3, 1 / 4)     # real steps / base steps that the Calibrator tunes
 CALIBRATED = "calibrated"
 AUTO = "auto"
@@ -157,24 +157,29 @@ def warp_name(w: float) -> str:
 
 
 def warp_on_base(steps: int, base_sigmas, warp: float) -> list[float]:
-    """steps + 1 σ values between the base schedule's first σ and last non-zero σ (then 0). With t ∈ [0, 1] the base
-    schedule's step parameter (σ linear between its points) and u_k = k / (steps − 1), the points lie at
-    t_k = 1 − w·(1 − u_k) / (1 + (w − 1)·(1 − u_k)): the map a flow model's shift applies, so w > 1 moves steps towards
-    high σ like a higher shift and w = 1 keeps the scheduler's own spacing."""
+    """The base schedule resampled at `steps` real steps with its time axis warped like a flow model's shift:
+    steps + 1 σ values ending with 0. The base schedule σ_0 > … > σ_m (= 0, appended if missing) is read as a
+    function of τ ∈ [0, 1], τ_i = 1 − i/m (linear between its points); the new steps lie at
+    τ_k = s_w(1 − k/steps), k = 0 … steps − 1, with s_w(τ) = w·τ / (1 + (w − 1)·τ).
+    w = 1: the base spacing at fewer steps (for a flow model's `simple` schedule, what the scheduler itself gives at
+    that step count, up to the linear reading between base points); w > 1 moves steps towards high σ like a higher
+    shift (for `simple` on a flow model, shift × w), w < 1 towards low σ. The first σ stays; the last non-zero σ moves
+    with the step count and w, as it does when the shift or the step count changes."""
     if not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"steps must be an integer ≥ 1 (got {steps!r})")
     if not (math.isfinite(warp) and warp > 0):
         raise ValueError(f"warp must be a finite number > 0 (got {warp!r})")
-    first, last = anchors(base_sigmas)
-    base = np.array([float(v) for v in np.asarray(base_sigmas, dtype=np.float64).reshape(-1) if v > 0])
-    if steps == 1:
-        return [first, 0.0]
-    if base.size < 2:
-        raise ValueError(f"the base schedule has a single σ > 0 ({first}); give it at least two steps")
-    tau = 1.0 - np.linspace(0.0, 1.0, steps)
-    t = 1.0 - warp * tau / (1.0 + (warp - 1.0) * tau)
-    pts = np.interp(t, np.linspace(0.0, 1.0, base.size), base)
-    pts[0], pts[-1] = first, last
+    anchors(base_sigmas)                                     # checks: finite, some σ > 0
+    base = [float(v) for v in np.asarray(base_sigmas, dtype=np.float64).reshape(-1)]
+    if base[-1] != 0.0:
+        base.append(0.0)
+    if np.any(np.diff(base) >= 0):
+        raise ValueError("the base schedule must be strictly descending")
+    m = len(base) - 1
+    tau_base = 1.0 - np.arange(m + 1) / m                    # descending 1 … 0
+    tau = 1.0 - np.arange(steps) / steps
+    tau = warp * tau / (1.0 + (warp - 1.0) * tau)
+    pts = np.interp(tau, tau_base[::-1], np.asarray(base)[::-1])
     return [float(v) for v in pts] + [0.0]
 
 

@@ -130,15 +130,18 @@ def test_spacing_and_base_are_checked():
     assert S.plan_from_base(p, 1, [0.5, 0.0]) == [0.5, 0.0]
 
 
-def test_warp_one_keeps_the_base_spacing_and_larger_warps_move_steps_to_high_sigma():
-    base = [float(3 * t / (1 + 2 * t)) for t in np.linspace(1, 0, 31)]        # shift-3 flow schedule, 30 steps
-    same = S.warp_on_base(10, base, 1.0)
-    t = np.linspace(0, 1, 10)
-    assert same[:-1] == pytest.approx(list(np.interp(t, np.linspace(0, 1, 30), base[:-1])))
+def test_warps_resample_the_base_like_a_shift():
+    shift = lambda s, t: s * t / (1 + (s - 1) * t)
+    base = [float(shift(3, t)) for t in np.linspace(1, 0, 31)]                 # shift-3 flow schedule, 30 steps
+    same = S.warp_on_base(10, base, 1.0)                                         # 10 steps: every 3rd base point
+    assert same == pytest.approx(base[::3])
+    want = [float(shift(6, t)) for t in np.linspace(1, 0, 11)]                  # the scheduler at shift 3 x 2
+    assert S.warp_on_base(10, base, 2.0) == pytest.approx(want, abs=0.02)
     hi, lo = S.warp_on_base(10, base, 2.0), S.warp_on_base(10, base, 0.5)
-    assert hi[0] == lo[0] == base[0] and hi[-2] == lo[-2] == base[-2] and hi[-1] == lo[-1] == 0.0
-    assert all(h >= m >= l for h, m, l in zip(hi[1:-2], same[1:-2], lo[1:-2]))
+    assert hi[0] == lo[0] == base[0] and hi[-1] == lo[-1] == 0.0
+    assert all(h > m > l for h, m, l in zip(hi[1:-1], same[1:-1], lo[1:-1]))
     assert all(a > b for a, b in zip(hi[:-1], hi[1:]))
+    assert S.warp_on_base(10, base[:-1], 1.0) == same                            # a base without its final 0
     with pytest.raises(ValueError):
         S.warp_on_base(10, base, 0.0)
 
