@@ -227,6 +227,7 @@ class Bench:
                       "k_magcache": {B: M.magcache_k(self.N, B) for B in budgets}, "teacache_coefficients": self.tea_coef.tolist(),
                       "magcache_ratios": [round(float(v), 5) for v in self.mag_ratios],
                       "sencache_profile": self.profile.describe(), "best_shift": self.best_shift,
+                      "schedule_tuning": self.profile.metadata.get("schedule_tuning"),
                       "shift_psnr_on_calibration": {str(b): {str(s): round(v, 3) for s, v in d.items()}
                                                     for b, d in shift_table.items()},
                       "seconds": round(time.perf_counter() - t0, 1)}

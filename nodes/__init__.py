@@ -11,6 +11,7 @@ from .apply import apply_sencache
 from .calibrate import calibrate
 from .runtime import REUSE_MODES, SenCacheSettings
 from .ui_events import NODE_PUBLISHERS
+from ..sencache_core import schedule as schedule_plan
 
 log = logging.getLogger("SenCache")
 Profile = io.Custom("SENCACHE_PROFILE")
@@ -133,6 +134,8 @@ class SensitivityCalibrator(io.ComfyNode):
         latent, profile = calibrate(model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, runs, denoise,
                                     bool(tune_schedule))
         text = profile.describe()
+        if profile.metadata.get("schedule_tuning"):
+            text += "\nfewer steps: " + schedule_plan.tuning_summary(profile.metadata["schedule_tuning"])
         if save_as.strip():
             try:
                 text += f"\nsaved: models/sencache/{profiles.save(profile, save_as)}"

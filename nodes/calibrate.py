@@ -142,22 +142,34 @@ def check_calibration_inputs(steps, cfg, sampler_name, scheduler, runs, denoise)
         raise ValueError(f"Sensitivity Calibrator: need steps ≥ 2 and runs ≥ 1 (got {steps}, {runs})")
 
 
+CACHING_SETTINGS = dict(eps_start=0.02, eps_main=0.1, max_consecutive=3)   # the SenCache node's defaults
+
+
 def tune_schedules(model, positive, negative, latent_image, noise, reference, steps: int, cfg: float,
                    sampler_name: str, scheduler: str, denoise: float, profile, latent: dict) -> dict:
     """Sample the same noise with every candidate schedule for fewer steps (sencache_core.schedule.candidate_schedules,
-    at each of TUNE_FRACTIONS of `steps`) and compare with the uncached run of all `steps` (`reference`): RMS
+    at each of TUNE_FRACTIONS of `steps`) and with SenCache caching in budget mode at the same fraction (all `steps`,
+    about that fraction computed), and compare each with the uncached run of all `steps` (`reference`): RMS
     difference of the final latents. Returns the "schedule_tuning" metadata record."""
+    from .apply import apply_sencache
+    from .runtime import SenCacheSettings
     from .schedule import base_sigmas
     base = base_sigmas(model, scheduler, steps, denoise).tolist()
+    common = dict(denoise=denoise, noise_mask=latent.get("noise_mask"), disable_pbar=True)
     fracs = {}
     for key, b in sched.tune_steps(steps).items():
         errors = {}
         for name, sig in sched.candidate_schedules(profile, b, base).items():
             out = comfy.sample.sample(model, noise, b, cfg, sampler_name, scheduler, positive, negative, latent_image,
-                                      denoise=denoise, noise_mask=latent.get("noise_mask"), disable_pbar=True,
-                                      sigmas=torch.tensor(sig, dtype=torch.float32))
+                                      sigmas=torch.tensor(sig, dtype=torch.float32), **common)
             errors[name] = float(rms(out.float() - reference.float()))
-        fracs[key] = {"steps": b, "error": errors, "runs": 1}
+        cached, holder = apply_sencache(model, profile, SenCacheSettings(**CACHING_SETTINGS, target_speedup=steps / b))
+        out = comfy.sample.sample(cached, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
+                                  **common)
+        trace = holder.last_trace
+        caching = {"error": float(rms(out.float() - reference.float())),
+                   "computed": sum(not st.reuse for st in trace.steps) if trace else None}
+        fracs[key] = {"steps": b, "error": errors, "caching": caching, "runs": 1}
     return {"sampler": sampler_name, "scheduler": scheduler, "steps": steps, "fractions": fracs}
 
 
@@ -196,9 +208,7 @@ def calibrate(model, positive, negative, latent: dict, seed: int, steps: int, cf
         profile.metadata["schedule_tuning"] = tune_schedules(model, positive, negative, latent_image, first_noise,
                                                              first, steps, cfg, sampler_name, scheduler, denoise,
                                                              profile, latent)
-        log.info("SenCache calibration: schedules for fewer steps: %s", "; ".join(
-            f"{float(k):.0%} of the steps: {n} (RMS {e:.3g})"
-            for k, (n, e) in sched.best_candidates(profile.metadata["schedule_tuning"]).items()))
+        log.info("SenCache calibration: %s", sched.tuning_summary(profile.metadata["schedule_tuning"]))
     out = latent.copy()
     out["samples"] = first
     out.pop("noise_mask", None)

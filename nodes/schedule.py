@@ -69,8 +69,10 @@ def planned_sigmas(model, profile, steps: int, scheduler: str, base_steps: int, 
     else:
         sig = plan.plan_from_base(profile, steps, base.tolist(), spacing)
     first, last = plan.anchors(base.tolist())
+    tuning = profile.metadata.get("schedule_tuning")
+    note = f"\ncalibration: {plan.tuning_summary(tuning)}" if tuning else ""
     text = (f"SenCache Schedule ({used}): {steps} steps from σ {first:.4g} to {last:.4g} (then 0), the range of {scheduler} at "
-            f"{base_steps or steps} steps; σ = " + ", ".join(f"{v:.4g}" for v in sig))
+            f"{base_steps or steps} steps; σ = " + ", ".join(f"{v:.4g}" for v in sig) + note)
     return torch.tensor(sig, dtype=torch.float32), text
 
 

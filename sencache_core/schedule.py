@@ -212,6 +212,29 @@ def best_candidates(tuning: dict) -> dict:
     return out
 
 
+def caching_error(tuning: dict, key: str) -> float | None:
+    """The RMS error SenCache caching (budget mode, that fraction) had in the tuning, or None if not recorded."""
+    c = ((tuning or {}).get("fractions", {}).get(key) or {}).get("caching") or {}
+    v = c.get("error")
+    return float(v) if v is not None and math.isfinite(float(v)) else None
+
+
+def tuning_summary(tuning: dict) -> str:
+    """One line per tuned fraction: the best schedule for fewer steps and, where measured, caching at that fraction
+    (RMS latent difference from the full-step run; smaller is closer)."""
+    parts = []
+    for key, (name, err) in best_candidates(tuning).items():
+        b = tuning["fractions"][key]["steps"]
+        cache = caching_error(tuning, key)
+        line = f"{b} of {tuning.get('steps')} steps: best schedule {name} (RMS {err:.3g})"
+        if cache is not None:
+            n = (tuning["fractions"][key].get("caching") or {}).get("computed")
+            line += (f", SenCache caching RMS {cache:.3g}" + (f" ({n} computed)" if n is not None else "") + " -> "
+                     + ("fewer steps with this schedule" if err < cache else "caching") + " is closer")
+        parts.append(line)
+    return "; ".join(parts) if parts else "no schedule tuning"
+
+
 def calibrated_candidate(profile: SensitivityProfile, steps: int, base_steps: int) -> str | None:
     """The tuned candidate for `steps` of `base_steps` (the nearest tuned fraction, in log scale), or None when the
     profile has no tuning or the fraction is above CALIBRATED_MAX_FRACTION."""
@@ -250,4 +273,7 @@ def merge_tuning(tunings: list) -> dict | None:
         fracs[key] = {"steps": entries[0]["steps"],
                       "error": {n: float(np.mean([e["error"][n] for e in entries])) for n in sorted(names)},
                       "runs": int(sum(e.get("runs", 1) for e in entries))}
+        cached = [(e.get("caching") or {}).get("error") for e in entries]
+        if all(v is not None for v in cached):
+            fracs[key]["caching"] = {"error": float(np.mean(cached))}
     return dict(base, fractions=fracs)

@@ -126,6 +126,8 @@ def test_calibrated_spacing_from_the_calibrators_schedule_tuning(host, sc, demo,
     for entry in tuning["fractions"].values():
         assert set(entry["error"]) == names and all(e > 0 for e in entry["error"].values())
         assert len(set(entry["error"].values())) > 1                      # the candidates really differ
+        # caching in budget mode at the same speed-up: about that many evaluations (simulated ε, real run)
+        assert abs(entry["caching"]["computed"] - entry["steps"]) <= 1 and entry["caching"]["error"] > 0
     # a stored error is the RMS difference of that schedule's result from the full run's (same seed, same noise)
     key, (best, best_err) = next(iter(plan.best_candidates(tuning).items()))
     b = tuning["fractions"][key]["steps"]
@@ -142,7 +144,8 @@ def test_calibrated_spacing_from_the_calibrators_schedule_tuning(host, sc, demo,
     loaded = sc.core.SensitivityProfile.load(path)
     assert loaded.metadata["schedule_tuning"] == tuning
     res = node(host, "SenCacheSchedule").execute(model, loaded, b, "simple", 8, 1.0)
-    assert f"calibrated: {best}" in res.ui["text"][0]
+    assert f"calibrated: {best}" in res.ui["text"][0] and "SenCache caching RMS" in res.ui["text"][0]
+    assert "fewer steps:" in out.ui["text"][0]
     assert res.args[0].tolist() == pytest.approx(sig.tolist(), rel=1e-6)
     # above 75 % of the base steps "auto" falls back; "calibrated" says why it cannot
     res = node(host, "SenCacheSchedule").execute(model, loaded, 7, "simple", 8, 1.0)
