@@ -222,6 +222,8 @@ def caching_error(tuning: dict, key: str) -> float | None:
 def tuning_summary(tuning: dict) -> str:
     """One line per tuned fraction: the best schedule for fewer steps and, where measured, caching at that fraction
     (RMS latent difference from the full-step run; smaller is closer)."""
+    from .learn import sampler_family
+    stochastic = sampler_family(tuning.get("sampler")) not in ("ode", "unknown")
     parts = []
     for key, (name, err) in best_candidates(tuning).items():
         b = tuning["fractions"][key]["steps"]
@@ -229,9 +231,13 @@ def tuning_summary(tuning: dict) -> str:
         line = f"{b} of {tuning.get('steps')} steps: best schedule {name} (RMS {err:.3g})"
         if cache is not None:
             n = (tuning["fractions"][key].get("caching") or {}).get("computed")
-            line += (f", SenCache caching RMS {cache:.3g}" + (f" ({n} computed)" if n is not None else "") + " -> "
-                     + ("fewer steps with this schedule" if err < cache else "caching") + " is closer")
+            line += f", SenCache caching RMS {cache:.3g}" + (f" ({n} computed)" if n is not None else "")
+            if not stochastic:
+                line += " -> " + ("fewer steps with this schedule" if err < cache else "caching") + " is closer"
         parts.append(line)
+    if stochastic and parts:
+        parts.append(f"{tuning.get('sampler')} adds noise at every step, differently for each step count, so these "
+                     "differences say little about which option is better: compare the results by eye")
     return "; ".join(parts) if parts else "no schedule tuning"
 
 

@@ -166,3 +166,15 @@ def test_tuning_records_pick_and_merge():
     assert S.calibrated_candidate(p, 25, 30) is None                      # above 75 %
     assert S.schedule_for(p, "warp 1", 5, [1.0, 0.8, 0.5, 0.2, 0.0]) == S.warp_on_base(5, [1.0, 0.8, 0.5, 0.2, 0.0], 1.0)
     assert S.schedule_for(p, "profile", 5, [1.0, 0.8, 0.5, 0.2, 0.0]) == S.plan_on_base(p, 5, [1.0, 0.8, 0.5, 0.2, 0.0])
+
+
+def test_tuning_summary_names_the_closer_option_only_for_deterministic_samplers():
+    rec = lambda sampler: {"sampler": sampler, "scheduler": "simple", "steps": 20,
+                           "fractions": {"0.5000": {"steps": 10, "error": {"warp 1": 0.2, "profile": 0.1},
+                                                    "caching": {"error": 0.3, "computed": 10}}}}
+    text = S.tuning_summary(rec("euler"))
+    assert "10 of 20 steps: best schedule profile (RMS 0.1)" in text and "caching RMS 0.3 (10 computed)" in text
+    assert "fewer steps with this schedule is closer" in text
+    noisy = S.tuning_summary(rec("euler_ancestral"))
+    assert "is closer" not in noisy and "compare the results by eye" in noisy
+    assert S.tuning_summary({}) == "no schedule tuning"
