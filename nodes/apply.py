@@ -6,6 +6,7 @@ import math
 from dataclasses import replace
 
 from ..sencache_core import ProfileError, compare_fingerprints
+from ..sencache_core.planning import PLACEMENTS
 from .learn import ProfileLearner
 from .model_info import model_facts, unknown_class_message
 from .runtime import REUSE_MODES, SenCacheHolder, SenCacheSettings, attach
@@ -42,6 +43,8 @@ def checked_settings(settings: SenCacheSettings) -> SenCacheSettings:
         v = getattr(settings, name)
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
             raise ValueError(f"SenCache: {name} must be a finite number ≥ 0 (got {v})")
+    if settings.placement not in PLACEMENTS:
+        raise ValueError(f"SenCache: placement must be one of {PLACEMENTS} (got {settings.placement!r})")
     if settings.eps_switch_percent > 1:
         raise ValueError(f"SenCache: eps_switch_percent must lie in [0, 1] (got {settings.eps_switch_percent})")
     if settings.eps_main == 0 and settings.eps_start > 0 and settings.target_speedup == 0:

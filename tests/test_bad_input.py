@@ -83,6 +83,13 @@ def test_sencache_refuses_nan(host, wan, wan_profile, field):
         node.execute(model=wan, profile=wan_profile, **dict(SC_INPUTS, **{field: math.nan}))
 
 
+def test_apply_sencache_refuses_an_unknown_placement_before_sampling(sc, wan, wan_profile):
+    st = sc.runtime.SenCacheSettings(eps_start=0.02, eps_main=0.1, max_consecutive=3, target_speedup=2.0,
+                                     placement="best")
+    with pytest.raises(ValueError, match="placement must be one of"):
+        sc.apply.apply_sencache(wan, wan_profile, st)
+
+
 def test_eps_main_zero_never_reuses(host, sc, wan, conds, wan_profile):
     """eps_main 0 means no reuse at all, also in the early phase of a CFG run that a large eps_start would cover."""
     settings = sc.runtime.SenCacheSettings(eps_start=10.0, eps_main=0.0, max_consecutive=3, eps_switch_percent=1.0)
