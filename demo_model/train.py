@@ -81,6 +81,16 @@ def object_mask(specs, x0: torch.Tensor) -> torch.Tensor:
     return m[:, None]
 
 
+def text_embedding_alive(model, prompt: str = "yellow triangle on purple") -> list[int]:
+    """How many of the text embedding's first-layer units respond (pre-activation > 0) to the object, empty and
+    background tokens of `prompt`. 0 for the object token means the model cannot see the objects' colours or shapes."""
+    from demo_model import data as D
+    lin = model.text_embedding[0]
+    with torch.no_grad():
+        pre = D.encode_prompt(prompt) @ lin.weight.detach().float().T + lin.bias.detach().float()
+    return (pre > 0).sum(dim=1).tolist()
+
+
 def sample_t(g: torch.Generator, n: int, shift: float) -> torch.Tensor:
     """Logit-normal(0, 1) pushed towards high noise by the flow shift (t' = s t / (1 + (s-1) t)); 10 % uniform."""
     t = torch.sigmoid(torch.randn(n, generator=g))
@@ -245,6 +255,14 @@ def main(argv=None):
     ap.add_argument("--init-from", default=None, metavar="SAFETENSORS",
                     help="start a new phase from saved EMA weights (fresh optimizer, warm-up again; step count taken "
                          "from the file's metadata) when no --state exists, e.g. after the state file was lost")
+    ap.add_argument("--reinit-text", action="store_true",
+                    help="with --init-from: re-initialise the text embedding (as build_model does) before training; "
+                         "for weights whose text embedding has died for the object tokens (see text_embedding_alive)")
+    ap.add_argument("--text-lr-scale", type=float, default=1.0,
+                    help="learning rate of the text embedding's first layer relative to --lr (its input tokens have "
+                         "norms of 37-64, so one AdamW step at the full rate moves its pre-activations by ~2 and "
+                         "can kill its GELU units for good). != 1 puts it in its own parameter group: pass the same "
+                         "value when resuming")
     ap.add_argument("--anneal", action="store_true",
                     help="decay the learning rate linearly to lr/10 at --steps (instead of keeping it constant)")
     ap.add_argument("--compact-state", default=str(COMPACT_STATE),
@@ -276,7 +294,13 @@ def main(argv=None):
 
     model = build_model(args.seed)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
+    if args.text_lr_scale != 1.0:
+        slow = [p for n, p in model.named_parameters() if n.startswith("text_embedding.0.")]
+        rest = [p for n, p in model.named_parameters() if not n.startswith("text_embedding.0.")]
+        groups = [dict(params=rest, lr_scale=1.0), dict(params=slow, lr_scale=args.text_lr_scale)]
+    else:
+        groups = [dict(params=list(model.parameters()), lr_scale=1.0)]
+    opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
     step, elapsed, loss_avg, history = 0, 0.0, None, []
     state_path = pathlib.Path(args.state)
     if state_path.exists():
@@ -300,6 +324,13 @@ def main(argv=None):
         with safe_open(args.init_from, "pt") as f:
             meta = f.metadata() or {}
         model.load_state_dict(sd)
+        if args.reinit_text:
+            fresh = build_model(args.seed).state_dict()
+            with torch.no_grad():
+                for k, v in model.state_dict().items():
+                    if k.startswith("text_embedding."):
+                        v.copy_(fresh[k])
+            print("text embedding re-initialised", flush=True)
         ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
         step = int(meta.get("steps", 0))
         elapsed = float(meta.get("train_minutes", 0.0)) * 60.0
@@ -320,7 +351,7 @@ def main(argv=None):
             "loss": f"{loss_avg:.5f}", "seed": str(args.seed), "batch": str(args.batch),
             "train_minutes": f"{elapsed / 60:.1f}", "threads": str(args.threads),
             "objective": "rectified flow, x_t=(1-t)x0+t*eps, v=eps-x0, timestep=1000t (ComfyUI CONST/FLOW)",
-            "weights": f"EMA decay {args.ema}", "bf16_autocast": str(args.bf16), "object_weight": str(args.object_weight), "lr": str(args.lr), "train_shift": str(args.shift),
+            "weights": f"EMA decay {args.ema}", "bf16_autocast": str(args.bf16), "object_weight": str(args.object_weight), "lr": str(args.lr), "text_lr_scale": str(args.text_lr_scale), "train_shift": str(args.shift),
             "sampling": "ModelSamplingSD3 shift 8, uni_pc, simple, 30 steps, cfg 6; negative = zeros [1,3,4096]",
             "latent_shape": json.dumps(list(data.LATENT_SHAPE)),
         }
@@ -359,7 +390,8 @@ def main(argv=None):
         else:
             loss = torch.nn.functional.mse_loss(v, eps - x0)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, args.lr, args.warmup, phase_start, args.steps if args.anneal else None)
+            group["lr"] = group.get("lr_scale", 1.0) * lr_at(step, args.lr, args.warmup, phase_start,
+                                                             args.steps if args.anneal else None)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -375,7 +407,8 @@ def main(argv=None):
         if step % 20 == 0:
             history.append((step, round(loss_avg, 5)))
             print(f"step {step} loss {lv:.4f} avg {loss_avg:.4f} {elapsed / step:.2f} s/step "
-                  f"elapsed {elapsed / 60:.1f} min", flush=True)
+                  f"elapsed {elapsed / 60:.1f} min text units alive (object, empty, background) "
+                  f"{text_embedding_alive(model)}", flush=True)
         stop = bool(stop_flag) or (args.stop_at is not None and time.time() >= args.stop_at)
         if step % args.save_every == 0 or step >= args.steps or stop:
             checkpoint()
