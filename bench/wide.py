@@ -29,7 +29,7 @@ if str(REPO) not in sys.path:
 from bench.quality import PSNR_CAP, SHORT, WIDE_CONFIGS  # noqa: E402
 
 OUT = REPO / "results" / "wide"
-MODELS = ("validation", "demo")
+MODELS = ("validation", "demo", "demo_step9139")   # the last: the former demo weights (results kept; skipped if absent)
 DEFAULT = "SenCache (output_extrapolated)"
 SIMPLE = ("Fixed interval (output)", "Fewer steps (same shift)")
 TUNED = "Fewer steps (shift tuned)"
@@ -94,7 +94,8 @@ def summary(models=MODELS, configs=WIDE_CONFIGS, root: pathlib.Path = OUT) -> tu
         for config in configs:
             d = load(model, config, root)
             if d is None:
-                L.append(f"### {model} · `{config}`: not run\n")
+                if (root / model).is_dir():
+                    L.append(f"### {model} · `{config}`: not run\n")
                 continue
             c, n = d["config"], len(d["results"])
             w = d["info"]["weights"]

@@ -178,6 +178,21 @@ def test_comfy_sampling_follows_the_prompt(demo_model_patcher):
     assert nearest == "green", med
 
 
+def test_the_object_tokens_reach_the_model(demo_model_patcher):
+    """The text embedding's first layer responds to the object tokens (it had died for them in earlier weights, which
+    then drew colours from the noise), and the centre of a short sample takes the named object's colour."""
+    from demo_model.train import comfy_sample, text_embedding_alive
+    import comfy.latent_formats
+    alive = text_embedding_alive(demo_model_patcher.model.diffusion_model)
+    assert alive[0] > 0 and alive[2] > 0, alive
+    palette = torch.tensor([data.COLOURS[c] for c in data.COLOUR_NAMES])
+    for colour in ("yellow", "cyan"):
+        lat = comfy_sample(demo_model_patcher, [f"{colour} circle on purple"], seed=0, steps=12)
+        frames = data.decode_latent(comfy.latent_formats.Wan21().process_in(lat))[0]
+        centre = frames[..., 13:19, 13:19].flatten(2).median(dim=2).values.median(dim=0).values
+        assert data.COLOUR_NAMES[int((palette - centre).norm(dim=1).argmin())] == colour, (colour, centre)
+
+
 # ------------------------------------------------------------------------------------------------- nodes
 
 def test_prompt_node(demo_nodes):
