@@ -285,9 +285,8 @@ class Bench:
     def _budget_settings(self, steps: int, B: int):
         """The SenCache node's budget mode for B computed of `steps` evaluations with optimal placement (node defaults
         otherwise: ε_start / ε_main = 0.2, final step protected, output_extrapolated)."""
-        return self.sc.runtime.SenCacheSettings(eps_start=0.02, eps_main=0.1, max_consecutive=3,
-                                                reuse_mode="output_extrapolated", target_speedup=steps / B,
-                                                placement="optimal")
+        return self.sc.runtime.SenCacheSettings(**self.sc.runtime.NODE_DEFAULTS, reuse_mode="output_extrapolated",
+                                                target_speedup=steps / B, placement="optimal")
 
     @staticmethod
     def adaptive(name: str) -> bool:

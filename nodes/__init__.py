@@ -9,7 +9,7 @@ from comfy_api.latest import ComfyExtension, io
 from . import demo, profiles, schedule, visualize
 from .apply import apply_sencache
 from .calibrate import calibrate
-from .runtime import REUSE_MODES, SenCacheSettings
+from .runtime import NODE_DEFAULTS, REUSE_MODES, SenCacheSettings
 from .ui_events import NODE_PUBLISHERS
 from ..sencache_core import schedule as schedule_plan
 
@@ -38,17 +38,17 @@ class SenCache(io.ComfyNode):
                                       "model, latent size and sampler family computes every step (the uncached result) plus one "
                                       "extra evaluation per step to measure the sensitivities, and stores the profile in "
                                       "models/sencache/learned; later runs find it and reuse evaluations."),
-                io.Float.Input("eps_main", default=0.1, min=0.0, max=10.0, step=0.005,
+                io.Float.Input("eps_main", default=NODE_DEFAULTS["eps_main"], min=0.0, max=10.0, step=0.005,
                                tooltip="Reuse threshold ε after the early phase: the predicted RMS change per element of the "
                                        "model output (the model's own output units, e.g. velocity for Wan/LTXV). Higher = faster, "
                                        "lower fidelity; 0 = never reuse (eps_start is then 0 too). Applies only when target_speedup is 0: the same ε gives "
                                        "different speed-ups on different models and settings."),
-                io.Float.Input("eps_start", default=0.02, min=0.0, max=10.0, step=0.005,
+                io.Float.Input("eps_start", default=NODE_DEFAULTS["eps_start"], min=0.0, max=10.0, step=0.005,
                                tooltip="Stricter ε (same units as eps_main) for the fragile early part of the schedule, until eps_switch_percent. "
                                        "Applies to runs with CFG (an uncond pass) only: without CFG eps_main applies throughout."),
                 io.Float.Input("eps_switch_percent", default=0.2, min=0.0, max=1.0, step=0.01,
                                tooltip="Where eps_start gives way to eps_main, as a " + PCT + "."),
-                io.Int.Input("max_consecutive_reuse", default=3, min=0, max=100,
+                io.Int.Input("max_consecutive_reuse", default=NODE_DEFAULTS["max_consecutive"], min=0, max=100,
                              tooltip="K: at most this many evaluations in a row reuse the cache (count of model evaluations). "
                                      "Caps the speed-up at K+1. In budget mode (target_speedup > 0) K is derived from the target instead."),
                 io.Float.Input("reuse_start_percent", default=0.0, min=0.0, max=1.0, step=0.01,

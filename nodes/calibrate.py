@@ -142,9 +142,6 @@ def check_calibration_inputs(steps, cfg, sampler_name, scheduler, runs, denoise)
         raise ValueError(f"Sensitivity Calibrator: need steps ≥ 2 and runs ≥ 1 (got {steps}, {runs})")
 
 
-CACHING_SETTINGS = dict(eps_start=0.02, eps_main=0.1, max_consecutive=3)   # the SenCache node's defaults
-
-
 def tune_schedules(model, positive, negative, latent_image, noise, reference, steps: int, cfg: float,
                    sampler_name: str, scheduler: str, denoise: float, profile, latent: dict) -> dict:
     """Sample the same noise with every candidate schedule for fewer steps (sencache_core.schedule.candidate_schedules,
@@ -152,7 +149,7 @@ def tune_schedules(model, positive, negative, latent_image, noise, reference, st
     about that fraction computed), and compare each with the uncached run of all `steps` (`reference`): RMS
     difference of the final latents. Returns the "schedule_tuning" metadata record."""
     from .apply import apply_sencache
-    from .runtime import SenCacheSettings
+    from .runtime import NODE_DEFAULTS, SenCacheSettings
     from .schedule import base_sigmas
     base = base_sigmas(model, scheduler, steps, denoise).tolist()
     common = dict(denoise=denoise, noise_mask=latent.get("noise_mask"), disable_pbar=True)
@@ -163,7 +160,7 @@ def tune_schedules(model, positive, negative, latent_image, noise, reference, st
             out = comfy.sample.sample(model, noise, b, cfg, sampler_name, scheduler, positive, negative, latent_image,
                                       sigmas=torch.tensor(sig, dtype=torch.float32), **common)
             errors[name] = float(rms(out.float() - reference.float()))
-        cached, holder = apply_sencache(model, profile, SenCacheSettings(**CACHING_SETTINGS, target_speedup=steps / b))
+        cached, holder = apply_sencache(model, profile, SenCacheSettings(**NODE_DEFAULTS, target_speedup=steps / b))
         out = comfy.sample.sample(cached, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
                                   **common)
         trace = holder.last_trace

@@ -44,6 +44,9 @@ REUSE_MODES = ("output", "output_minus_input", "output_extrapolated")
 Publisher = Callable[["SenCacheHolder", RunTrace], None]
 
 
+NODE_DEFAULTS = dict(eps_start=0.02, eps_main=0.1, max_consecutive=3)   # the SenCache node's input defaults
+
+
 @dataclass
 class SenCacheSettings:
     """What the SenCache node's inputs say, in the user's terms (percent of the schedule, not σ)."""

@@ -15,16 +15,24 @@ import numpy as np
 from .policy import PolicyState, ReusePolicy
 
 
+def latent_path(profile, grid: np.ndarray, fallback_rate: float | None = None) -> np.ndarray:
+    """Cumulative typical RMS latent path length at each σ of `grid` (from the first), from the profile's
+    dx_per_sigma, so ‖x_s − x_r‖ ≈ |L(σ_r) − L(σ_s)|. With fallback_rate, a profile that recorded no latent change
+    (imported files) uses that constant rate instead of 0."""
+    if fallback_rate is not None and not np.any(profile.dx_per_sigma > 0):
+        rate = np.full_like(grid, fallback_rate)
+    else:
+        rate = np.interp(grid, profile.sigmas, profile.dx_per_sigma)
+    return np.concatenate([[0.0], np.cumsum(0.5 * (rate[1:] + rate[:-1]) * np.abs(np.diff(grid)))])
+
+
 def simulate_computed(policy: ReusePolicy, sigmas: list[float]) -> int:
     """Computed evaluations the policy would make on the schedule `sigmas` (σ_0 > ... > σ_n = 0, one
     evaluation per step) if the latent changed exactly as the profile's dx_per_sigma says."""
-    prof = policy.profile
     grid = np.asarray(sigmas[:-1], dtype=np.float64)
     if grid.size == 0:
         return 0
-    # cumulative typical latent path length, so ‖x_s − x_r‖ ≈ L(σ_r) − L(σ_s)
-    rate = np.array([prof.dx_rate(s) for s in grid])
-    path = np.concatenate([[0.0], np.cumsum(0.5 * (rate[1:] + rate[:-1]) * np.abs(np.diff(grid)))])
+    path = latent_path(policy.profile, grid)
     final = {i for i in range(len(sigmas) - 1) if sigmas[i + 1] == 0.0}
     state, ref = PolicyState(), None
     for i, s in enumerate(grid):

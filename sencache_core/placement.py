@@ -25,18 +25,34 @@ import math
 
 import numpy as np
 
+from .budget import latent_path
 from .profile import SensitivityProfile
+from .schedule import DX_PROXY
 
-DX_PROXY = 1.0       # RMS latent change per unit σ for profiles without dx_per_sigma (as schedule.DX_PROXY)
 
+class _ReuseCost:
+    """The error model of the module docstring on one schedule: cost(i, j) of reusing steps i+1 … j−1 from computed
+    step i (j = the next computed step, or n at the end); inf where σ_i lies outside the profile."""
 
-def _latent_path(profile: SensitivityProfile, steps: np.ndarray) -> np.ndarray:
-    """Cumulative predicted RMS latent path length at each step σ (from the first), so ‖x_j − x_i‖ ≈ |L_j − L_i|."""
-    if np.any(profile.dx_per_sigma > 0):
-        rate = np.interp(steps, profile.sigmas, profile.dx_per_sigma)
-    else:
-        rate = np.full_like(steps, DX_PROXY)
-    return np.concatenate([[0.0], np.cumsum(0.5 * (rate[1:] + rate[:-1]) * np.abs(np.diff(steps)))])
+    def __init__(self, profile: SensitivityProfile, sigmas, early_weight=None, high_percentile: bool = False):
+        sig = [float(s) for s in sigmas]
+        self.n = len(sig) - 1
+        self.steps = np.asarray(sig[:-1], dtype=np.float64)
+        self.path = latent_path(profile, self.steps, DX_PROXY)
+        self.alphas = [profile.lookup(float(s), high_percentile) for s in self.steps]
+        dsig = np.abs(np.diff(np.asarray(sig, dtype=np.float64)))
+        self.weight = np.array([dsig[j] * (early_weight(float(self.steps[j])) if early_weight else 1.0)
+                                for j in range(self.n)])
+
+    def __call__(self, i: int, j: int) -> float:
+        if j == i + 1:
+            return 0.0
+        if self.alphas[i] is None:
+            return math.inf
+        ax, at = self.alphas[i]
+        m = np.arange(i + 1, j)
+        s = ax * np.abs(self.path[m] - self.path[i]) + at * np.abs(self.steps[i] - self.steps[m])
+        return float(np.sum(self.weight[m] * s))
 
 
 def optimal_computed(profile: SensitivityProfile, sigmas, budget: int, max_consecutive: int, forced=(),
@@ -49,31 +65,21 @@ def optimal_computed(profile: SensitivityProfile, sigmas, budget: int, max_conse
     early_weight:  optional callable(σ) -> float weighting a reused step's error (the guided early phase);
     Steps whose reference σ lies outside the profile cannot be reused from. When the budget is below what K and the
     forced steps allow, the plan with the fewest computed steps is returned; None when n < 1."""
-    sig = [float(s) for s in sigmas]
-    n = len(sig) - 1
+    cost = _ReuseCost(profile, sigmas, early_weight, high_percentile)
+    n = cost.n
     if n < 1:
         return None
-    steps = np.asarray(sig[:-1], dtype=np.float64)
-    dsig = np.abs(np.asarray(sig[:-1]) - np.asarray(sig[1:]))
-    path = _latent_path(profile, steps)
     must = set(int(i) for i in forced) | {0}
     if reusable is not None:
         must |= {i for i in range(n) if not reusable(i)}
-    alphas = [profile.lookup(float(s), high_percentile) for s in steps]
-    weight = np.array([dsig[j] * (early_weight(float(steps[j])) if early_weight else 1.0) for j in range(n)])
     K = max(int(max_consecutive), 0)
     inf = math.inf
 
     def seg_cost(i: int, j: int) -> float:
-        """Cost of reusing steps i+1 .. j-1 from computed step i (j = next computed step, or n at the end)."""
-        if j == i + 1:
-            return 0.0
-        if j - i - 1 > K or alphas[i] is None or any(m in must for m in range(i + 1, j)):
+        """cost(i, j) where K and the always-computed steps allow that segment, else inf."""
+        if j > i + 1 and (j - i - 1 > K or any(m in must for m in range(i + 1, j))):
             return inf
-        ax, at = alphas[i]
-        m = np.arange(i + 1, j)
-        s = ax * np.abs(path[m] - path[i]) + at * np.abs(steps[i] - steps[m])
-        return float(np.sum(weight[m] * s))
+        return cost(i, j)
 
     cap = min(max(int(budget), 1), n)
     # best[c][j]: least cost of steps 0..j with step j computed as the c-th computed step; rows are added until
@@ -117,20 +123,7 @@ def optimal_computed(profile: SensitivityProfile, sigmas, budget: int, max_conse
 
 def predicted_error(profile: SensitivityProfile, sigmas, computed, early_weight=None,
                     high_percentile: bool = False) -> float:
-    """The plan's objective for a given set of computed steps (for comparing plans; same units as above)."""
-    sig = [float(s) for s in sigmas]
-    n = len(sig) - 1
-    steps = np.asarray(sig[:-1], dtype=np.float64)
-    path = _latent_path(profile, steps)
+    """The plan's objective for a given set of computed steps (step 0 among them; for comparing plans)."""
+    cost = _ReuseCost(profile, sigmas, early_weight, high_percentile)
     comp = sorted(set(computed))
-    total, ref = 0.0, None
-    for j in range(n):
-        if j in comp:
-            ref = j
-            continue
-        a = profile.lookup(float(steps[ref]), high_percentile) if ref is not None else None
-        if a is None:
-            return math.inf
-        s = a[0] * abs(path[j] - path[ref]) + a[1] * abs(steps[ref] - steps[j])
-        total += abs(sig[j] - sig[j + 1]) * (early_weight(float(steps[j])) if early_weight else 1.0) * s
-    return total
+    return float(sum(cost(i, j) for i, j in zip(comp, comp[1:] + [cost.n])))
