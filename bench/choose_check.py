@@ -58,7 +58,7 @@ def main(argv=None):
     import logging
     _, sc, _ = C.boot(weights=C.resolve_weights(args.models[0]))
     logging.getLogger().setLevel(logging.WARNING)
-    from sencache_core import schedule as S
+    from sencache_core import tuning as T
     rows, right, total = [], 0, 0
     for model in args.models:
         weights = C.resolve_weights(model)
@@ -73,7 +73,7 @@ def main(argv=None):
                 key = min(tuning["fractions"], key=lambda k: abs(math.log(float(k)) - math.log(B / cfg["steps"])))
                 errs = tuning["fractions"][key]["error"]
                 best = min(errs, key=errs.get)
-                cache = S.caching_error(tuning, key)
+                cache = T.caching_error(tuning, key)
                 predicted = "fewer steps" if errs[best] < cache else "caching"
                 mu, se, _ = paired(psnrs(d, SCHEDULE, B), psnrs(d, CACHING, B))
                 measured = "fewer steps" if mu > 0 else "caching"

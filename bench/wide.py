@@ -71,7 +71,7 @@ def verdict(m: float, se: float) -> str:
 def predictions(root: pathlib.Path) -> dict:
     """{(model, config, budget): "caching" | "fewer steps"} from the tables of bench.choose_check
     (root/choose_check*.md). Samplers that add noise get the default, caching (the Calibrator gives no verdict)."""
-    from sencache_core.learn import sampler_family
+    from sencache_core.samplers import sampler_family
     from bench.quality import CONFIGS
     out = {}
     for f in sorted(root.glob("choose_check*.md")):

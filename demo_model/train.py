@@ -35,6 +35,21 @@ CONFIG = dict(model_type="t2v", patch_size=(1, 2, 2), text_len=512, in_dim=16, d
               text_dim=4096, out_dim=16, num_heads=1, num_layers=4, window_size=(-1, -1), qk_norm=True,
               cross_attn_norm=True, eps=1e-6)
 
+
+def model_config(dim: int | None = None, num_layers: int | None = None, ffn_dim: int | None = None) -> dict:
+    """CONFIG with another width or depth. ComfyUI detects a Wan checkpoint's heads as dim // 128, so dim must be a
+    multiple of 128 and num_heads follows from it."""
+    cfg = dict(CONFIG)
+    if dim is not None:
+        if dim % 128:
+            raise ValueError(f"dim {dim}: must be a multiple of 128 (ComfyUI reads heads = dim // 128)")
+        cfg.update(dim=dim, num_heads=dim // 128, ffn_dim=4 * dim)
+    if num_layers is not None:
+        cfg["num_layers"] = num_layers
+    if ffn_dim is not None:
+        cfg["ffn_dim"] = ffn_dim
+    return cfg
+
 DATA_DESCRIPTION = (
     "Procedural videos from demo_model/data.py: 8 RGB frames of 32x32, 1-2 moving (bouncing) rotating shapes "
     "(circle/square/triangle) of distinct colours on a plain background colour; latents = pixel_unshuffle(2) then "
@@ -42,15 +57,16 @@ DATA_DESCRIPTION = (
     "data.encode_prompt(text): [3, 4096]. Unconditional = zeros.")
 
 
-def build_model(seed: int):
+def build_model(seed: int, config: dict | None = None):
     """WanModel on the meta device with comfy ops, then every tensor initialised by us (Wan's init scheme)."""
     import comfy.ops
     from comfy.ldm.wan.model import WanModel
+    config = config or CONFIG
     with torch.device("meta"):
-        model = WanModel(operations=comfy.ops.disable_weight_init, dtype=torch.float32, **CONFIG)
+        model = WanModel(operations=comfy.ops.disable_weight_init, dtype=torch.float32, **config)
     model = model.to_empty(device="cpu")
     g = torch.Generator().manual_seed(seed)
-    dim = CONFIG["dim"]
+    dim = config["dim"]
     with torch.no_grad():
         for name, p in sorted(model.named_parameters()):
             if name.endswith("modulation"):
@@ -273,6 +289,8 @@ def main(argv=None):
     ap.add_argument("--resume-compact", action="store_true",
                     help="when --state does not exist, resume from --compact-state and --weights (another machine "
                          "or session: same trajectory up to bfloat16 rounding of the optimizer state)")
+    ap.add_argument("--dim", type=int, default=None, help="model width (multiple of 128; default 128); ffn 4x")
+    ap.add_argument("--layers", type=int, default=None, help="number of transformer blocks (default 4)")
     ap.add_argument("--samples", default=None, metavar="PNG",
                     help="do not train: load --weights via ComfyUI, sample, write a picture grid to PNG")
     args = ap.parse_args(argv)
@@ -292,7 +310,8 @@ def main(argv=None):
     from devkit import host
     host.boot(None, load_pack=False)
 
-    model = build_model(args.seed)
+    config = model_config(args.dim, args.layers)
+    model = build_model(args.seed, config)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if args.text_lr_scale != 1.0:
         slow = [p for n, p in model.named_parameters() if n.startswith("text_embedding.0.")]
@@ -302,6 +321,7 @@ def main(argv=None):
         groups = [dict(params=list(model.parameters()), lr_scale=1.0)]
     opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
     step, elapsed, loss_avg, history = 0, 0.0, None, []
+    cpu_before = 0.0                  # CPU seconds of earlier processes of this phase (resumed)
     state_path = pathlib.Path(args.state)
     if state_path.exists():
         st = torch.load(state_path, map_location="cpu", weights_only=False)
@@ -309,6 +329,7 @@ def main(argv=None):
         ema = st["ema"]
         opt.load_state_dict(st["opt"])
         step, elapsed, loss_avg, history = st["step"], st["elapsed"], st["loss_avg"], st["history"]
+        cpu_before = float(st.get("cpu_seconds", 0.0))
         print(f"resumed from {state_path} at step {step} ({elapsed / 60:.1f} min so far)", flush=True)
     elif args.resume_compact:
         st = load_compact(pathlib.Path(args.compact_state), pathlib.Path(args.weights))
@@ -325,7 +346,7 @@ def main(argv=None):
             meta = f.metadata() or {}
         model.load_state_dict(sd)
         if args.reinit_text:
-            fresh = build_model(args.seed).state_dict()
+            fresh = build_model(args.seed, config).state_dict()
             with torch.no_grad():
                 for k, v in model.state_dict().items():
                     if k.startswith("text_embedding."):
@@ -343,13 +364,17 @@ def main(argv=None):
     n_params = sum(p.numel() for p in model.parameters())
     print(f"WanModel {n_params / 1e6:.2f} M params; batch {args.batch}; lr {args.lr}; threads {args.threads}", flush=True)
 
+    def cpu_seconds() -> float:
+        return cpu_before + time.process_time()
+
     def checkpoint():
         meta = {
             "sencache_demo": "SenCache demo model (tiny Wan 2.1 T2V) - see demo_model/README.md",
-            "config": json.dumps(CONFIG), "data": DATA_DESCRIPTION, "layout": args.layout, "steps": str(step),
+            "config": json.dumps(config), "dropout": str(args.dropout), "data": DATA_DESCRIPTION, "layout": args.layout, "steps": str(step),
             "phase_start": str(phase_start), "init_from": init_from_name,
             "loss": f"{loss_avg:.5f}", "seed": str(args.seed), "batch": str(args.batch),
-            "train_minutes": f"{elapsed / 60:.1f}", "threads": str(args.threads),
+            "train_minutes": f"{elapsed / 60:.1f}",
+            "cpu_minutes_this_phase": f"{cpu_seconds() / 60:.1f}", "threads": str(args.threads),
             "objective": "rectified flow, x_t=(1-t)x0+t*eps, v=eps-x0, timestep=1000t (ComfyUI CONST/FLOW)",
             "weights": f"EMA decay {args.ema}", "bf16_autocast": str(args.bf16), "object_weight": str(args.object_weight), "lr": str(args.lr), "text_lr_scale": str(args.text_lr_scale), "train_shift": str(args.shift),
             "sampling": "ModelSamplingSD3 shift 8, uni_pc, simple, 30 steps, cfg 6; negative = zeros [1,3,4096]",
@@ -360,7 +385,7 @@ def main(argv=None):
         tmp = state_path.with_suffix(".tmp")
         torch.save(dict(model=model.state_dict(), ema=ema, opt=opt.state_dict(), step=step, elapsed=elapsed,
                         loss_avg=loss_avg, history=history, args=vars(args),
-                        phase_start=phase_start, init_from=init_from_name), tmp)
+                        phase_start=phase_start, init_from=init_from_name, cpu_seconds=cpu_seconds()), tmp)
         os.replace(tmp, state_path)
         print(f"checkpoint step {step} loss {loss_avg:.4f} -> {args.weights}", flush=True)
 

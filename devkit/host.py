@@ -7,6 +7,7 @@ suite once per host (0.3.75, and 0.18.1 where its source tree is available), set
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import pathlib
 import re
@@ -14,6 +15,8 @@ import sys
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 _BOOTED = None
+# ComfyUI's own top-level nodes.py (its root goes first on sys.path), not this pack's nodes/ package
+COMFY_NODES_MODULE = "nodes"
 
 
 def comfyui_dir() -> pathlib.Path:
@@ -64,12 +67,12 @@ def boot(base_dir: str | os.PathLike | None = None, load_pack: bool = True, cpu:
         folder_paths.set_input_directory(str(base / "input"))
         folder_paths.set_temp_directory(str(base / "temp"))
         folder_paths.set_user_directory(str(base / "user"))
-    import nodes
+    comfy_nodes = importlib.import_module(COMFY_NODES_MODULE)
     if load_pack:
-        if not asyncio.run(nodes.load_custom_node(str(REPO), module_parent="custom_nodes")):
+        if not asyncio.run(comfy_nodes.load_custom_node(str(REPO), module_parent="custom_nodes")):
             raise RuntimeError(f"ComfyUI could not load the pack at {REPO}; see the log above")
-    _BOOTED = nodes
-    return nodes
+    _BOOTED = comfy_nodes
+    return comfy_nodes
 
 
 def pack_module():

@@ -11,7 +11,7 @@ from .apply import apply_sencache
 from .calibrate import calibrate
 from .runtime import NODE_DEFAULTS, REUSE_MODES, SenCacheSettings
 from .ui_events import NODE_PUBLISHERS
-from ..sencache_core import schedule as schedule_plan
+from ..sencache_core import tuning as tuning_records
 
 log = logging.getLogger("SenCache")
 Profile = io.Custom("SENCACHE_PROFILE")
@@ -135,7 +135,7 @@ class SensitivityCalibrator(io.ComfyNode):
                                     bool(tune_schedule))
         text = profile.describe()
         if profile.metadata.get("schedule_tuning"):
-            text += "\nfewer steps: " + schedule_plan.tuning_summary(profile.metadata["schedule_tuning"])
+            text += "\nfewer steps: " + tuning_records.tuning_summary(profile.metadata["schedule_tuning"])
         if save_as.strip():
             try:
                 text += f"\nsaved: models/sencache/{profiles.save(profile, save_as)}"

@@ -6,7 +6,7 @@ Per sampling run (`ProfileLearner.begin_run`, once when the run starts):
 - a learned profile with that key in models/sencache/learned/ that has `learning_runs` runs is used;
 - otherwise this run is a learning run (`LearningRun`): every evaluation is computed and returned as is (the uncached
   result, bit for bit) and the sensitivities are measured on the way. The default estimator is the Sensitivity
-  Calibrator's own on-trajectory one (nodes/calibrate.py: one extra evaluation per step, of σ_prev at the new
+  Calibrator's own on-trajectory one (nodes/measure.py: one extra evaluation per step, of σ_prev at the new
   latent, its output discarded), so a learning run costs up to twice a plain run. The "free" estimator uses no
   extra evaluation (sencache_core.learn.fit_profile on the pairs of computed evaluations); measured on the demo
   model it ranks the steps worse (results/learned), so it is not the node's. When the run finishes (`publish`) the
@@ -25,9 +25,10 @@ import torch
 
 from ..sencache_core import ProfileError, RunTrace, SensitivityProfile, StepRecord, TrajectoryCalibrator, aggregate_runs
 from ..sencache_core import learn as L
+from ..sencache_core.samplers import sampler_family
 from . import profiles
-from .calibrate import CAL_KEY, CalibrationHolder
-from .calibrate import measuring_diffusion_wrapper as calibrate_call
+from .measure import CAL_KEY, CalibrationHolder
+from .measure import measuring_diffusion_wrapper as calibrate_call
 from .runtime import RunState, as_parts
 
 log = logging.getLogger("SenCache")
@@ -193,7 +194,7 @@ class ProfileLearner:
         """The stored learned profile for this run, or None: then this is a learning run (compute every evaluation)."""
         self.recorders = self.calibration = None
         key = L.learned_key(self.facts["fingerprint"], patches_digest(model_patcher), latent_shape,
-                            L.sampler_family(sampler_name(sampler)), self.estimator)
+                            sampler_family(sampler_name(sampler)), self.estimator)
         try:
             found, changed = find(key)
         except OSError as e:                  # an unreadable folder: learn (nothing is lost but the reuse)

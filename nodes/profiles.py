@@ -7,7 +7,7 @@ import re
 
 import folder_paths
 
-from ..sencache_core import ProfileError, SensitivityProfile
+from ..sencache_core import ProfileError, SensitivityProfile, compare_fingerprints
 from ..sencache_core.profile import npz_preset_for_name
 
 log = logging.getLogger("SenCache")
@@ -121,3 +121,25 @@ def save(profile: SensitivityProfile, filename_prefix: str) -> str:
     os.replace(tmp, os.path.join(base, rel))      # never leaves a half-written profile behind
     log.info("SenCache: saved profile %s", os.path.join(base, rel))
     return rel
+
+
+def check_profile(profile, facts: dict) -> list[str]:
+    """Raise on a profile that cannot apply to this model; return warnings for ones that may."""
+    warnings = []
+    ch = profile.metadata.get("latent_channels")
+    if ch is not None and int(ch) != facts["latent_channels"]:
+        raise ProfileError(f"profile '{profile.metadata.get('name', '?')}' was measured on a model with {ch} latent "
+                           f"channels; this model ({facts['model_class']}) has {facts['latent_channels']}. "
+                           "Use a profile of this model, or calibrate one with the Sensitivity Calibrator node.")
+    verdict = compare_fingerprints(profile.metadata.get("fingerprint"), facts["fingerprint"])
+    if verdict == "arch_differs":
+        raise ProfileError(f"profile '{profile.metadata.get('name', '?')}' was measured on a different model "
+                           f"architecture than this {facts['model_class']} (fingerprint "
+                           f"{profile.metadata['fingerprint'].get('arch')} vs {facts['fingerprint']['arch']}). "
+                           "Calibrate this model with the Sensitivity Calibrator node.")
+    if verdict == "weights_differ":
+        warnings.append("profile was measured on other weights of the same architecture (another checkpoint, dtype "
+                        "or fine-tune); it applies, but calibrating this model gives the best results")
+    if verdict == "unknown":
+        warnings.append("profile has no model fingerprint (imported); make sure it belongs to this model")
+    return warnings

@@ -13,19 +13,14 @@ from comfy_api.latest import io
 
 from ..sencache_core import ProfileError
 from ..sencache_core import schedule as plan
-from .apply import check_profile
+from ..sencache_core import tuning as tuning_records
 from .model_info import model_facts
+from .profiles import check_profile
+from .base_schedule import base_sigmas
 
 log = logging.getLogger("SenCache")
 
 Profile = io.Custom("SENCACHE_PROFILE")
-
-
-def base_sigmas(model, scheduler: str, steps: int, denoise: float = 1.0) -> torch.Tensor:
-    """The schedule ComfyUI's BasicScheduler gives for these inputs (same arithmetic)."""
-    total = steps if denoise >= 1.0 else int(steps / denoise)
-    s = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, total).cpu()
-    return s[-(steps + 1):]
 
 
 SPACING_OPTIONS = (plan.AUTO, plan.CALIBRATED, *plan.SPACINGS)
@@ -70,7 +65,7 @@ def planned_sigmas(model, profile, steps: int, scheduler: str, base_steps: int, 
         sig = plan.plan_from_base(profile, steps, base.tolist(), spacing)
     first, last = plan.anchors(base.tolist())
     tuning = profile.metadata.get("schedule_tuning")
-    note = f"\ncalibration: {plan.tuning_summary(tuning)}" if tuning else ""
+    note = f"\ncalibration: {tuning_records.tuning_summary(tuning)}" if tuning else ""
     text = (f"SenCache Schedule ({used}): {steps} steps from σ {first:.4g} to {last:.4g} (then 0), the range of {scheduler} at "
             f"{base_steps or steps} steps; σ = " + ", ".join(f"{v:.4g}" for v in sig) + note)
     return torch.tensor(sig, dtype=torch.float32), text

@@ -1,6 +1,7 @@
 """Learning a sensitivity profile from the user's own sampling runs: the pure parts of learn mode (nodes/learn.py).
 
-- The storage key of a learned profile (`learned_key`, `sampler_family`, `compare_keys`, `file_stem`) and the
+- The storage key of a learned profile (`learned_key`, `compare_keys`, `file_stem`; the sampler family comes from
+  `samplers.sampler_family`) and the
   measurements a stored profile keeps so later learning runs can add to them (`samples_to_json`: the Calibrator's
   on-trajectory samples, what learn mode measures by default; `observations_to_json`: the pairs below).
 - The "free" estimator: a profile fitted to the pairs of computed evaluations of an ordinary run, with no extra model
@@ -51,7 +52,7 @@ either way.
 
 Storage key (`learned_key`): the model fingerprint (architecture and weights digest, sencache_core.fingerprint),
 a digest of the weight patches applied on top (LoRA), the latent shape of one sample, the sampler family
-(`sampler_family`) and the estimator. A stored profile whose key differs only in weights or patches is a changed
+(`samplers.sampler_family`) and the estimator. A stored profile whose key differs only in weights or patches is a changed
 model: relearn.
 """
 from __future__ import annotations
@@ -74,12 +75,6 @@ DEFAULT_RIDGE = 1e-3         # relative to the largest eigenvalue of the scaled 
 MAX_GRID_POINTS = 256
 HIGH_PERCENTILE = 90.0
 OBS_FIELDS = ("sigma_ref", "sigma", "dx", "df", "gap")
-
-# Samplers that add fresh noise during sampling: their latent steps carry noise, so ‖Δx‖ per unit σ (and what the
-# fit learns from it) depends on the sampler; each gets its own profile. Every other sampler integrates the same
-# probability-flow ODE, where ‖Δx‖ ≈ ‖dx/dσ‖·|Δσ| for all of them: they share one family, "ode".
-STOCHASTIC_MARKERS = ("ancestral", "sde", "ddpm", "lcm", "restart", "seeds", "sa_solver", "langevin")
-
 
 @dataclass(frozen=True)
 class Observation:
@@ -292,18 +287,6 @@ def stored_runs(profile: SensitivityProfile) -> list[list[Sample]]:
 
 
 # ---- keys ---------------------------------------------------------------------------------------------------
-def sampler_family(sampler_name: str | None) -> str:
-    """'ode' for deterministic samplers (one family: module docstring), the sampler's own name for samplers that add
-    noise, 'unknown' when the host could not tell."""
-    if not sampler_name:
-        return "unknown"
-    name = str(sampler_name).lower()
-    name = name[len("sample_"):] if name.startswith("sample_") else name
-    if any(m in name for m in STOCHASTIC_MARKERS):
-        return "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in name)[:40]
-    return "ode"
-
-
 def learned_key(fingerprint: dict, patches: str, latent_shape, family: str, estimator: str = "trajectory") -> dict:
     """What a stored learned profile must match to be used. `patches` digests the weight patches (LoRA) on top of
     the fingerprinted weights ('' for none); `estimator` is how it was learned (nodes/learn.py ESTIMATORS)."""

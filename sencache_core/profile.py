@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .tuning import merge_tuning
+
 FORMAT_VERSION = 1
 MAX_FILE_BYTES = 64 * 1024 * 1024   # a profile is a few KB; refuse anything absurd before reading it
 MAX_GRID = 100_000
@@ -301,7 +303,6 @@ def merge_profiles(profiles: list[SensitivityProfile]) -> SensitivityProfile:
     meta = dict(profiles[0].metadata)
     meta.update({"source": "merge", "merged_from": [p.metadata.get("name") or p.metadata.get("source") for p in profiles],
                  "runs": int(sum(int(p.metadata.get("runs", 1) or 1) for p in profiles))})
-    from .schedule import merge_tuning     # schedule imports this module
     tuning = merge_tuning([p.metadata.get("schedule_tuning") for p in profiles])
     if tuning is None:
         meta.pop("schedule_tuning", None)

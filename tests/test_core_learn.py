@@ -11,6 +11,7 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from sencache_core import SensitivityProfile, ProfileError, rms_diff  # noqa: E402
 from sencache_core import learn as L  # noqa: E402
+from sencache_core.samplers import sampler_family  # noqa: E402
 
 
 def true_ax(s):
@@ -139,12 +140,12 @@ def test_observations_survive_the_profile_file(tmp_path):
 
 
 def test_sampler_family():
-    assert L.sampler_family("sample_euler") == "ode"
-    assert L.sampler_family("sample_unipc") == "ode"
-    assert L.sampler_family("sample_dpmpp_2m") == "ode"
-    assert L.sampler_family("sample_euler_ancestral") == "euler_ancestral"
-    assert L.sampler_family("sample_dpmpp_2m_sde_gpu") == "dpmpp_2m_sde_gpu"
-    assert L.sampler_family(None) == "unknown"
+    assert sampler_family("sample_euler") == "ode"
+    assert sampler_family("sample_unipc") == "ode"
+    assert sampler_family("sample_dpmpp_2m") == "ode"
+    assert sampler_family("sample_euler_ancestral") == "euler_ancestral"
+    assert sampler_family("sample_dpmpp_2m_sde_gpu") == "dpmpp_2m_sde_gpu"
+    assert sampler_family(None) == "unknown"
 
 
 def test_keys_tell_a_changed_model_from_another_place():

@@ -9,6 +9,7 @@ import pytest
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from sencache_core import SensitivityProfile  # noqa: E402
 from sencache_core import schedule as S  # noqa: E402
+from sencache_core import tuning as T  # noqa: E402
 
 
 def linear_profile(a=1.0, b=4.0, dx=None):
@@ -155,11 +156,11 @@ def test_tuning_records_pick_and_merge():
                      "fractions": {"0.5000": {"steps": 15, "error": e, "runs": 1},
                                    "0.2500": {"steps": 8, "error": {"warp 1": 1.0, "profile": 0.5}, "runs": 1}}}
     a, b = rec({"warp 1": 1.0, "warp 2": 3.0}), rec({"warp 1": 2.0, "warp 2": 0.5})
-    merged = S.merge_tuning([a, b])
+    merged = T.merge_tuning([a, b])
     assert merged["fractions"]["0.5000"]["error"] == {"warp 1": 1.5, "warp 2": 1.75}
     assert merged["fractions"]["0.5000"]["runs"] == 2
-    assert S.best_candidates(merged) == {"0.5000": ("warp 1", 1.5), "0.2500": ("profile", 0.5)}
-    assert S.merge_tuning([a, dict(b, steps=20)]) is None                 # different base schedules do not mix
+    assert T.best_candidates(merged) == {"0.5000": ("warp 1", 1.5), "0.2500": ("profile", 0.5)}
+    assert T.merge_tuning([a, dict(b, steps=20)]) is None                 # different base schedules do not mix
     p.metadata["schedule_tuning"] = merged
     assert S.calibrated_candidate(p, 14, 30) == "warp 1"                  # nearest tuned fraction: 1/2
     assert S.calibrated_candidate(p, 7, 30) == "profile"                  # nearest: 1/4
@@ -172,9 +173,9 @@ def test_tuning_summary_names_the_closer_option_only_for_deterministic_samplers(
     rec = lambda sampler: {"sampler": sampler, "scheduler": "simple", "steps": 20,
                            "fractions": {"0.5000": {"steps": 10, "error": {"warp 1": 0.2, "profile": 0.1},
                                                     "caching": {"error": 0.3, "computed": 10}}}}
-    text = S.tuning_summary(rec("euler"))
+    text = T.tuning_summary(rec("euler"))
     assert "10 of 20 steps: best schedule profile (RMS 0.1)" in text and "caching RMS 0.3 (10 computed)" in text
     assert "fewer steps with this schedule is closer" in text
-    noisy = S.tuning_summary(rec("euler_ancestral"))
+    noisy = T.tuning_summary(rec("euler_ancestral"))
     assert "is closer" not in noisy and "compare the results by eye" in noisy
-    assert S.tuning_summary({}) == "no schedule tuning"
+    assert T.tuning_summary({}) == "no schedule tuning"

@@ -2,6 +2,7 @@
 SenCache attached."""
 from __future__ import annotations
 
+import importlib
 import pathlib
 
 import pytest
@@ -129,7 +130,8 @@ def test_calibrated_spacing_from_the_calibrators_schedule_tuning(host, sc, demo,
         # caching in budget mode at the same speed-up: about that many evaluations (simulated ε, real run)
         assert abs(entry["caching"]["computed"] - entry["steps"]) <= 1 and entry["caching"]["error"] > 0
     # a stored error is the RMS difference of that schedule's result from the full run's (same seed, same noise)
-    key, (best, best_err) = next(iter(plan.best_candidates(tuning).items()))
+    tuning_records = importlib.import_module(f"{sc.core.__name__}.tuning")
+    key, (best, best_err) = next(iter(tuning_records.best_candidates(tuning).items()))
     b = tuning["fractions"][key]["steps"]
     base = node(host, "BasicScheduler").execute(model, "simple", 8, 1.0).args[0]
     sig = torch.tensor(plan.schedule_for(profile, best, b, base.tolist()))
