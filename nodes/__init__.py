@@ -113,14 +113,18 @@ class SensitivityCalibrator(io.ComfyNode):
                 io.Float.Input("cfg", default=6.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="Classifier-free guidance scale."),
                 io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="uni_pc", tooltip="Sampler."),
                 io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="simple", tooltip="Scheduler."),
-                io.Int.Input("runs", default=2, min=1, max=64, tooltip="Number of sampling runs (consecutive seeds) to average over (count)."),
+                io.Int.Input("runs", default=2, min=1, max=64, tooltip="Number of sampling runs (consecutive seeds) to average over (count); with tune_schedule also the samples its verdict is judged on (at least 3)."),
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01, tooltip="Denoise strength (fraction), as in KSampler."),
                 io.String.Input("save_as", default="", tooltip="If set, also save the profile as models/sencache/<save_as>_00001.safetensors."),
                 io.Boolean.Input("tune_schedule", default=False, optional=True,
-                                 tooltip="Also find the best spacing for fewer steps: after the first run, sample its noise "
-                                         "with 9 candidate schedules at 1/2, 1/3 and 1/4 of the steps and keep their errors "
-                                         "against it in the profile; SenCache Schedule then uses the best one. Costs about "
-                                         "9 × (1/2 + 1/3 + 1/4) ≈ 10 runs' worth of model evaluations more."),
+                                 tooltip="Also tell whether SenCache caching or fewer steps comes closer to the full run, "
+                                         "at 1/2, 1/3 and 1/4 of the steps, and find the best schedule for fewer steps: "
+                                         "every run is a sample; each is sampled with 7 candidate schedules (for flow "
+                                         "models the scheduler at shifts 1-12 and the profile's plan) and with caching. "
+                                         "The verdict is judged on runs the schedule was not chosen on and needs runs ≥ 3 "
+                                         "(4 or more gives clearer answers); it says 'no clear winner' when the "
+                                         "difference is within noise. Costs about 9–10 runs' worth of model evaluations "
+                                         "per run. SenCache Schedule then uses the chosen schedule."),
             ],
             outputs=[io.Latent.Output(display_name="LATENT", tooltip="The first run's sampled latent (identical to a plain KSampler run)."),
                      Profile.Output(display_name="profile", tooltip="The measured sensitivity profile.")],

@@ -14,7 +14,7 @@ from ..sencache_core import aggregate_runs
 from ..sencache_core import tuning as tuning_records
 from .measure import CAL_KEY, CalibrationHolder, measuring_diffusion_wrapper, outer_sample_wrapper
 from .model_info import model_facts
-from .tuning import tune_schedules
+from .tuning import CalibrationSample, tune_schedules
 
 log = logging.getLogger("SenCache")
 
@@ -39,7 +39,7 @@ def check_calibration_inputs(steps, cfg, sampler_name, scheduler, runs, denoise)
 def calibrate(model, positive, negative, latent: dict, seed: int, steps: int, cfg: float, sampler_name: str,
               scheduler: str, runs: int, denoise: float = 1.0, tune_schedule: bool = False):
     """Run `runs` samplings (seeds seed, seed+1, ...) with the calibration wrappers; with tune_schedule, also compare
-    schedules for fewer steps against the first run (tune_schedules). Returns (latent dict of the first run,
+    caching with schedules for fewer steps on every run (nodes.tuning). Returns (latent dict of the first run,
     SensitivityProfile)."""
     check_calibration_inputs(steps, cfg, sampler_name, scheduler, runs, denoise)
     facts = model_facts(model)
@@ -51,16 +51,15 @@ def calibrate(model, positive, negative, latent: dict, seed: int, steps: int, cf
 
     latent_image = comfy.sample.fix_empty_latent_channels(m, latent["samples"])
     pbar = comfy.utils.ProgressBar(runs * steps)
-    first = first_noise = None
+    done = []                                  # (seed, noise, result) of each run
     for r in range(runs):
         noise = comfy.sample.prepare_noise(latent_image, seed + r, latent.get("batch_index"))
-        first_noise = noise if first_noise is None else first_noise
         samples = comfy.sample.sample(m, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
                                       denoise=denoise, noise_mask=latent.get("noise_mask"),
                                       callback=lambda *a: pbar.update(1), disable_pbar=True, seed=seed + r)
-        if first is None:
-            first = samples
-    ms = m.model.model_sampling
+        done.append((seed + r, noise if tune_schedule else None, samples if tune_schedule or r == 0 else None))
+    first = done[0][2]
+    ms = m.get_model_object("model_sampling")
     meta = {"name": f"calibration seed {seed}..{seed + runs - 1}", "fingerprint": facts["fingerprint"],
             "latent_channels": facts["latent_channels"], "latent_shape": list(latent_image.shape[1:]),
             "model_class": facts["model_class"], "sampler": sampler_name, "scheduler": scheduler, "steps": steps,
@@ -68,9 +67,11 @@ def calibrate(model, positive, negative, latent: dict, seed: int, steps: int, cf
             "branch": "cond"}
     profile = aggregate_runs(holder.runs, meta)
     if tune_schedule:
-        profile.metadata["schedule_tuning"] = tune_schedules(model, positive, negative, latent_image, first_noise,
-                                                             first, steps, cfg, sampler_name, scheduler, denoise,
-                                                             profile, latent)
+        runs_done = [CalibrationSample(sd, noise, result, measured)
+                     for (sd, noise, result), measured in zip(done, holder.runs)]
+        profile.metadata["schedule_tuning"] = tune_schedules(model, positive, negative, latent_image, runs_done, steps,
+                                                             cfg, sampler_name, scheduler, denoise, profile, meta,
+                                                             latent)
         log.info("SenCache calibration: %s", tuning_records.tuning_summary(profile.metadata["schedule_tuning"]))
     out = latent.copy()
     out["samples"] = first

@@ -16,7 +16,7 @@ from ..sencache_core import schedule as plan
 from ..sencache_core import tuning as tuning_records
 from .model_info import model_facts
 from .profiles import check_profile
-from .base_schedule import base_sigmas
+from .base_schedule import base_sigmas, shifted_schedules
 
 log = logging.getLogger("SenCache")
 
@@ -59,8 +59,15 @@ def planned_sigmas(model, profile, steps: int, scheduler: str, base_steps: int, 
             log.warning("SenCache Schedule: the profile's spacings were tuned on scheduler %r, this schedule uses %r",
                         tuning.get("scheduler"), scheduler)
         used = f"calibrated: {name}" if name is not None else plan.SCHEDULER_X_PROFILE
-        sig = (plan.schedule_for(profile, name, steps, base.tolist()) if name is not None
-               else plan.plan_from_base(profile, steps, base.tolist(), plan.SCHEDULER_X_PROFILE))
+        if name is not None:
+            shifted = shifted_schedules(model, scheduler, denoise)
+            if plan.shift_of(name) is not None and shifted is None:
+                raise ProfileError(f"SenCache Schedule: the profile's tuned schedule is {name!r}, but this model has no "
+                                   "shift (its sampling is not a flow model's); use spacing 'scheduler × profile'")
+            sig = plan.schedule_for(profile, name, steps, base.tolist(),
+                                    (lambda s: shifted(s, steps)) if shifted else None)
+        else:
+            sig = plan.plan_from_base(profile, steps, base.tolist(), plan.SCHEDULER_X_PROFILE)
     else:
         sig = plan.plan_from_base(profile, steps, base.tolist(), spacing)
     first, last = plan.anchors(base.tolist())
@@ -95,8 +102,9 @@ class SenCacheSchedule(io.ComfyNode):
                 io.Combo.Input("spacing", options=list(SPACING_OPTIONS), default=plan.AUTO, optional=True,
                                tooltip="auto (default): 'calibrated' when the profile was made with the Calibrator's "
                                        "tune_schedule on (and steps ≤ 75 % of base_steps), else 'scheduler × profile'. "
-                                       "calibrated: the spacing that came closest to the full-step run in that calibration, "
-                                       "at the nearest tuned fraction (1/2, 1/3, 1/4 of the steps). scheduler × profile: the "
+                                       "calibrated: the schedule that came closest to the full-step runs on average over that "
+                                       "calibration's runs (for flow models the scheduler at another shift, or the "
+                                       "profile's plan), at the nearest tuned fraction (1/2, 1/3, 1/4 of the steps). scheduler × profile: the "
                                        "scheduler's own spacing, with steps moved to where the profile predicts faster change. "
                                        "profile only: the same predicted output change per step whatever the scheduler "
                                        "(9-14 dB below 'scheduler × profile' on the demo model: a flat profile spreads the "

@@ -143,10 +143,12 @@ def predicted_step_changes(profile: SensitivityProfile, sigmas, grid_points: int
 
 # ---------------------------------------------------------------------------------------------------------------
 # Calibrated spacing: candidate schedules for fewer steps, compared by the Sensitivity Calibrator against its own
-# uncached run; the profile keeps their errors (metadata "schedule_tuning") and the winner is used for that fraction.
+# uncached runs (sencache_core.tuning keeps the errors and chooses); the chosen one is used for that fraction.
 
-WARPS = (0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 2.8)   # shift-like warps of the base schedule (1 = its own spacing)
-TUNE_FRACTIONS = (1 / 2, 1 / 3, 1 / 4)     # real steps / base steps that the Calibrator tunes
+# Absolute shifts tried for flow models (ModelSamplingSD3's shift: σ(t) = s·t / (1 + (s − 1)·t)); the host makes
+# these schedules with the model's own scheduler, so "shift 3" is exactly what re-tuning the shift to 3 gives.
+SHIFT_CANDIDATES = (1.0, 2.0, 3.0, 5.0, 8.0, 12.0)
+WARPS = (0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 2.8)   # for models without a shift: warps of the base schedule
 CALIBRATED = "calibrated"
 AUTO = "auto"
 PROFILE_CANDIDATE = "profile"              # the candidate planned with SCHEDULER_X_PROFILE
@@ -155,6 +157,15 @@ CALIBRATED_MAX_FRACTION = 0.75             # above this fraction of the base ste
 
 def warp_name(w: float) -> str:
     return f"warp {w:g}"
+
+
+def shift_name(s: float) -> str:
+    return f"shift {s:g}"
+
+
+def shift_of(name: str) -> float | None:
+    """The shift of a "shift X" candidate name, else None."""
+    return float(name.split(" ", 1)[1]) if name.startswith("shift ") else None
 
 
 def warp_on_base(steps: int, base_sigmas, warp: float) -> list[float]:
@@ -184,20 +195,15 @@ def warp_on_base(steps: int, base_sigmas, warp: float) -> list[float]:
     return [float(v) for v in pts] + [0.0]
 
 
-def tune_steps(base_steps: int) -> dict:
-    """{fraction key: real steps} the Calibrator tunes for a base schedule of base_steps steps (≥ 3 real steps: with
-    2 the anchors fix every point, so all candidates are the same schedule)."""
-    out = {}
-    for f in TUNE_FRACTIONS:
-        b = int(math.floor(base_steps * f + 0.5))
-        if 3 <= b < base_steps:
-            out[f"{f:.4f}"] = b
-    return out
-
-
-def candidate_schedules(profile: SensitivityProfile, steps: int, base_sigmas) -> dict:
-    """{candidate name: σ list} for `steps` real steps on the base schedule: every warp and the profile plan."""
-    out = {warp_name(w): warp_on_base(steps, base_sigmas, w) for w in WARPS}
+def candidate_schedules(profile: SensitivityProfile, steps: int, base_sigmas, shifted=None,
+                        shifts=SHIFT_CANDIDATES) -> dict:
+    """{candidate name: σ list} for `steps` real steps: with `shifted` (a function shift -> σ list at `steps` steps,
+    from the host's scheduler; models with a shift), the scheduler at every shift of `shifts`; otherwise every
+    warp of the base schedule; and the profile's plan on the base schedule."""
+    if shifted is not None:
+        out = {shift_name(s): [float(v) for v in shifted(s)] for s in shifts}
+    else:
+        out = {warp_name(w): warp_on_base(steps, base_sigmas, w) for w in WARPS}
     out[PROFILE_CANDIDATE] = plan_on_base(profile, steps, base_sigmas)
     return out
 
@@ -213,10 +219,15 @@ def calibrated_candidate(profile: SensitivityProfile, steps: int, base_steps: in
     return best[key][0]
 
 
-def schedule_for(profile: SensitivityProfile, name: str, steps: int, base_sigmas) -> list[float]:
-    """The σ list of a candidate by name (warp_name(w) or PROFILE_CANDIDATE)."""
+def schedule_for(profile: SensitivityProfile, name: str, steps: int, base_sigmas, shifted=None) -> list[float]:
+    """The σ list of a candidate by name (shift_name(s), warp_name(w) or PROFILE_CANDIDATE); "shift X" needs
+    `shifted` (shift -> σ list at `steps` steps, from the host)."""
     if name == PROFILE_CANDIDATE:
         return plan_on_base(profile, steps, base_sigmas)
     if name.startswith("warp "):
         return warp_on_base(steps, base_sigmas, float(name.split(" ", 1)[1]))
+    if shift_of(name) is not None:
+        if shifted is None:
+            raise ValueError(f"schedule candidate {name!r} needs the model's scheduler (a model with a shift)")
+        return [float(v) for v in shifted(shift_of(name))]
     raise ValueError(f"unknown schedule candidate {name!r}")

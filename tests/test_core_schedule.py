@@ -149,33 +149,78 @@ def test_warps_resample_the_base_like_a_shift():
 
 def test_tuning_records_pick_and_merge():
     p = linear_profile(dx=1.0)
-    assert S.tune_steps(30) == {"0.5000": 15, "0.3333": 10, "0.2500": 8}
-    assert S.tune_steps(8) == {"0.5000": 4, "0.3333": 3} and S.tune_steps(4) == {}
+    assert T.tune_steps(30) == {"0.5000": 15, "0.3333": 10, "0.2500": 8}
+    assert T.tune_steps(8) == {"0.5000": 4, "0.3333": 3} and T.tune_steps(4) == {}
     assert S.calibrated_candidate(p, 10, 30) is None                    # no tuning in the profile
-    rec = lambda e: {"sampler": "euler", "scheduler": "simple", "steps": 30,
-                     "fractions": {"0.5000": {"steps": 15, "error": e, "runs": 1},
-                                   "0.2500": {"steps": 8, "error": {"warp 1": 1.0, "profile": 0.5}, "runs": 1}}}
-    a, b = rec({"warp 1": 1.0, "warp 2": 3.0}), rec({"warp 1": 2.0, "warp 2": 0.5})
+    rec = lambda e: {"version": T.VERSION, "sampler": "euler", "scheduler": "simple", "steps": 30, "samples": 1,
+                     "fractions": {"0.5000": {"steps": 15, "error_db": e, "caching_db": [-30.0],
+                                              "caching_computed": [15]},
+                                   "0.2500": {"steps": 8, "error_db": {"warp 1": [-10.0], "profile": [-20.0]},
+                                              "caching_db": [-15.0], "caching_computed": [8]}}}
+    a, b = rec({"warp 1": [-20.0], "warp 2": [-5.0]}), rec({"warp 1": [-10.0], "warp 2": [-40.0]})
     merged = T.merge_tuning([a, b])
-    assert merged["fractions"]["0.5000"]["error"] == {"warp 1": 1.5, "warp 2": 1.75}
-    assert merged["fractions"]["0.5000"]["runs"] == 2
-    assert T.best_candidates(merged) == {"0.5000": ("warp 1", 1.5), "0.2500": ("profile", 0.5)}
+    assert merged["fractions"]["0.5000"]["error_db"] == {"warp 1": [-20.0, -10.0], "warp 2": [-5.0, -40.0]}
+    assert merged["samples"] == 2 and merged["fractions"]["0.5000"]["caching_db"] == [-30.0, -30.0]
+    assert T.best_candidates(merged) == {"0.5000": ("warp 2", -22.5), "0.2500": ("profile", -20.0)}
     assert T.merge_tuning([a, dict(b, steps=20)]) is None                 # different base schedules do not mix
+    assert T.merge_tuning([a, dict(b, version=1)]) is None                # nor records of another format
     p.metadata["schedule_tuning"] = merged
-    assert S.calibrated_candidate(p, 14, 30) == "warp 1"                  # nearest tuned fraction: 1/2
+    assert S.calibrated_candidate(p, 14, 30) == "warp 2"                  # nearest tuned fraction: 1/2
     assert S.calibrated_candidate(p, 7, 30) == "profile"                  # nearest: 1/4
     assert S.calibrated_candidate(p, 25, 30) is None                      # above 75 %
     assert S.schedule_for(p, "warp 1", 5, [1.0, 0.8, 0.5, 0.2, 0.0]) == S.warp_on_base(5, [1.0, 0.8, 0.5, 0.2, 0.0], 1.0)
     assert S.schedule_for(p, "profile", 5, [1.0, 0.8, 0.5, 0.2, 0.0]) == S.plan_on_base(p, 5, [1.0, 0.8, 0.5, 0.2, 0.0])
+    shifted = lambda s: [1.0, s / 10, 0.0]
+    assert S.schedule_for(p, "shift 3", 2, [1.0, 0.5, 0.0], shifted) == [1.0, 0.3, 0.0]
+    with pytest.raises(ValueError, match="shift"):
+        S.schedule_for(p, "shift 3", 2, [1.0, 0.5, 0.0])                  # a shift candidate needs the host's scheduler
+    cands = S.candidate_schedules(p, 2, [1.0, 0.5, 0.0], shifted, shifts=(2.0, 5.0))
+    assert set(cands) == {"shift 2", "shift 5", "profile"} and cands["shift 5"] == [1.0, 0.5, 0.0]
+    assert set(S.candidate_schedules(p, 2, [1.0, 0.5, 0.0])) == {S.warp_name(w) for w in S.WARPS} | {"profile"}
 
 
-def test_tuning_summary_names_the_closer_option_only_for_deterministic_samplers():
-    rec = lambda sampler: {"sampler": sampler, "scheduler": "simple", "steps": 20,
-                           "fractions": {"0.5000": {"steps": 10, "error": {"warp 1": 0.2, "profile": 0.1},
-                                                    "caching": {"error": 0.3, "computed": 10}}}}
-    text = T.tuning_summary(rec("euler"))
-    assert "10 of 20 steps: best schedule profile (RMS 0.1)" in text and "caching RMS 0.3 (10 computed)" in text
-    assert "fewer steps with this schedule is closer" in text
-    noisy = T.tuning_summary(rec("euler_ancestral"))
-    assert "is closer" not in noisy and "compare the results by eye" in noisy
+def _record(sampler, errors, caching):
+    return {"version": T.VERSION, "sampler": sampler, "scheduler": "simple", "steps": 20, "samples": len(caching),
+            "fractions": {"0.5000": {"steps": 10, "error_db": errors, "caching_db": caching,
+                                     "caching_computed": [10] * len(caching)}}}
+
+
+def test_verdict_is_judged_on_samples_the_schedule_was_not_chosen_on():
+    # Noise only: 8 candidates whose errors are independent noise around the same level as caching's. Chosen and
+    # judged on the same samples, the best of eight beats caching; held out, it does not: no clear winner.
+    rng = np.random.default_rng(0)
+    errors = {f"shift {s}": list(-30 + 3 * rng.standard_normal(5)) for s in range(8)}
+    caching = list(-30 + 3 * rng.standard_normal(5))
+    rec = _record("euler", errors, caching)
+    best, best_mean = T.best_candidates(rec)["0.5000"]
+    assert best_mean < np.mean(caching) - 2                      # in-sample, the winner's curse makes it look better
+    v = T.verdict(rec, "0.5000")
+    assert v["winner"] is None and v["reason"] == "within noise" and v["samples"] == 5
+    assert "no clear winner" in T.tuning_summary(rec)
+
+
+def test_verdict_names_a_clear_winner_with_its_uncertainty():
+    caching = [-30.0, -32.0, -29.0, -31.0]
+    ahead = _record("euler", {"shift 3": [-36.0, -37.5, -35.0, -36.8], "shift 8": [-20.0] * 4}, caching)
+    v = T.verdict(ahead, "0.5000")
+    assert v["winner"] == T.FEWER_STEPS and v["schedule"] == "shift 3"
+    assert v["difference_db"] == pytest.approx(-5.825) and 0 < v["se_db"] < 1
+    assert "fewer steps (shift 3) closer by 5.8" in T.tuning_summary(ahead)
+    behind = _record("euler", {"shift 3": [-25.0, -26.0, -24.0, -25.5]}, caching)
+    assert T.verdict(behind, "0.5000")["winner"] == T.CACHING
+    assert "SenCache caching closer by" in T.tuning_summary(behind)
+    # a consistent but tiny difference is level, however small its standard error
+    tiny = _record("euler", {"shift 3": [c - 0.2 for c in caching]}, caching)
+    assert T.verdict(tiny, "0.5000")["winner"] is None
+
+
+def test_no_verdict_from_too_few_samples_or_a_noisy_sampler():
+    two = _record("euler", {"shift 3": [-40.0, -41.0]}, [-30.0, -31.0])
+    v = T.verdict(two, "0.5000")
+    assert v["winner"] is None and v["difference_db"] is None and "at least 3" in v["reason"]
+    assert "no verdict" in T.tuning_summary(two)
+    noisy = _record("euler_ancestral", {"shift 3": [-40.0] * 4}, [-30.0] * 4)
+    assert T.verdict(noisy, "0.5000")["winner"] is None and "adds noise" in T.tuning_summary(noisy)
     assert T.tuning_summary({}) == "no schedule tuning"
+    assert T.t975(3) == pytest.approx(3.182) and T.t975(11) == pytest.approx(2.228) and T.t975(100) == 1.96
+    assert T.error_db(0.1, 1.0) == pytest.approx(-20.0) and T.error_db(0.0, 1.0) == -200.0

@@ -117,36 +117,47 @@ def test_calibrated_spacing_from_the_calibrators_schedule_tuning(host, sc, demo,
     model, _, pos, neg, latent = demo
     cal = host.NODE_CLASS_MAPPINGS["SenCacheCalibrator"]
     assert cal.INPUT_TYPES()["optional"]["tune_schedule"][1]["default"] is False
-    out = cal.execute(model, pos, neg, latent, 3, 8, 4.0, "euler", "simple", 1, 1.0, "", True)
+    out = cal.execute(model, pos, neg, latent, 3, 8, 4.0, "euler", "simple", 3, 1.0, "", True)
     profile = out.args[1]
     tuning = profile.metadata["schedule_tuning"]
-    plan = sc.schedule.plan if hasattr(sc, "schedule") else __import__(f"{sc.nodes.__name__}.schedule", fromlist=["plan"]).plan
-    assert (tuning["sampler"], tuning["scheduler"], tuning["steps"]) == ("euler", "simple", 8)
+    plan = importlib.import_module(f"{sc.core.__name__}.schedule")
+    records = importlib.import_module(f"{sc.core.__name__}.tuning")
+    assert (tuning["sampler"], tuning["scheduler"], tuning["steps"], tuning["samples"]) == ("euler", "simple", 8, 3)
     assert {v["steps"] for v in tuning["fractions"].values()} == {4, 3}
-    names = {plan.warp_name(w) for w in plan.WARPS} | {plan.PROFILE_CANDIDATE}
+    # a flow model (ModelSamplingSD3 shift 8): the scheduler at every candidate shift, and the profile's plan
+    names = {plan.shift_name(s) for s in plan.SHIFT_CANDIDATES} | {plan.PROFILE_CANDIDATE}
     for entry in tuning["fractions"].values():
-        assert set(entry["error"]) == names and all(e > 0 for e in entry["error"].values())
-        assert len(set(entry["error"].values())) > 1                      # the candidates really differ
+        assert set(entry["error_db"]) == names and all(len(v) == 3 for v in entry["error_db"].values())
+        assert len({v[0] for v in entry["error_db"].values()}) > 1          # the candidates really differ
         # caching in budget mode at the same speed-up: about that many evaluations (simulated ε, real run)
-        assert abs(entry["caching"]["computed"] - entry["steps"]) <= 1 and entry["caching"]["error"] > 0
-    # a stored error is the RMS difference of that schedule's result from the full run's (same seed, same noise)
-    tuning_records = importlib.import_module(f"{sc.core.__name__}.tuning")
-    key, (best, best_err) = next(iter(tuning_records.best_candidates(tuning).items()))
+        assert all(abs(c - entry["steps"]) <= 1 for c in entry["caching_computed"]) and len(entry["caching_db"]) == 3
+    # a stored error is that schedule's result against the full run of the same seed (same noise), in dB; "shift 3"
+    # is exactly ModelSamplingSD3 with shift 3, then BasicScheduler
+    from comfy_extras.nodes_model_advanced import ModelSamplingSD3
+    key = "0.5000"
     b = tuning["fractions"][key]["steps"]
-    base = node(host, "BasicScheduler").execute(model, "simple", 8, 1.0).args[0]
-    sig = torch.tensor(plan.schedule_for(profile, best, b, base.tolist()))
+    sig3 = node(host, "BasicScheduler").execute(ModelSamplingSD3().patch(model, shift=3.0)[0], "simple", b, 1.0).args[0]
     noise = comfy.sample.prepare_noise(latent["samples"], 3)
-    again = comfy.sample.sample(model, noise, b, 4.0, "euler", "simple", pos, neg, latent["samples"], sigmas=sig,
+    again = comfy.sample.sample(model, noise, b, 4.0, "euler", "simple", pos, neg, latent["samples"], sigmas=sig3,
                                 disable_pbar=True, seed=3)
     full = out.args[0]["samples"]
-    assert float(((again - full) ** 2).mean().sqrt()) == pytest.approx(best_err, rel=1e-4)
+    rms = lambda t: float((t.double() ** 2).mean().sqrt())
+    assert tuning["fractions"][key]["error_db"]["shift 3"][0] == pytest.approx(
+        records.error_db(rms(again - full), rms(full)), abs=1e-3)
+    best, _ = records.best_candidates(tuning)[key]
+    base = node(host, "BasicScheduler").execute(model, "simple", 8, 1.0).args[0]
+    if plan.shift_of(best) is not None:
+        sig = node(host, "BasicScheduler").execute(ModelSamplingSD3().patch(model, shift=plan.shift_of(best))[0],
+                                                   "simple", b, 1.0).args[0]
+    else:
+        sig = torch.tensor(plan.schedule_for(profile, best, b, base.tolist()))
     # the tuning survives saving and loading; "auto" then uses it for a fraction it covers
     path = tmp_path / "tuned.safetensors"
     profile.save(path)
     loaded = sc.core.SensitivityProfile.load(path)
     assert loaded.metadata["schedule_tuning"] == tuning
     res = node(host, "SenCacheSchedule").execute(model, loaded, b, "simple", 8, 1.0)
-    assert f"calibrated: {best}" in res.ui["text"][0] and "SenCache caching RMS" in res.ui["text"][0]
+    assert f"calibrated: {best}" in res.ui["text"][0] and "held-out samples" in res.ui["text"][0]
     assert "fewer steps:" in out.ui["text"][0]
     assert res.args[0].tolist() == pytest.approx(sig.tolist(), rel=1e-6)
     # above 75 % of the base steps "auto" falls back; "calibrated" says why it cannot
@@ -156,6 +167,14 @@ def test_calibrated_spacing_from_the_calibrators_schedule_tuning(host, sc, demo,
         node(host, "SenCacheSchedule").execute(model, loaded, 7, "simple", 8, 1.0, "calibrated")
     with pytest.raises(sc.core.ProfileError, match="tune_schedule"):
         node(host, "SenCacheSchedule").execute(model, demo[1], 4, "simple", 8, 1.0, "calibrated")
+
+
+def test_schedule_tuning_with_one_run_gives_no_verdict(host, sc, demo):
+    model, _, pos, neg, latent = demo
+    out = host.NODE_CLASS_MAPPINGS["SenCacheCalibrator"].execute(model, pos, neg, latent, 3, 8, 4.0, "euler",
+                                                                 "simple", 1, 1.0, "", True)
+    text = out.ui["text"][0]
+    assert "no verdict" in text and "at least 3" in text and "closer by" not in text
 
 
 @pytest.mark.parametrize("cfg", [1.0, 4.0])
