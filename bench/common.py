@@ -26,14 +26,20 @@ if str(REPO) not in sys.path:
 
 WEIGHTS = REPO / "demo_model" / "weights" / "sencache_demo_wan.safetensors"
 WEIGHTS_NAME = WEIGHTS.name
-# the second model: same architecture, trained on other data (demo_model/README.md); defaults are chosen on one model
-# and confirmed on the other
-VALIDATION_WEIGHTS = REPO / "demo_model" / "weights" / "sencache_demo_wan_validation.safetensors"
-MODELS = {"demo": WEIGHTS, "validation": VALIDATION_WEIGHTS}
+# Models of three training recipes (demo_model/README.md). Recipe A: the demo model and two earlier checkpoints of the
+# same run (validation = step 7,221, demo_step9139). Recipes B ("wide": 2 blocks of width 256, free layout, training
+# σ towards low noise, 20 % prompt dropout) and C ("deep": 8 blocks of width 128, sides layout, training σ towards
+# high noise, 5 % prompt dropout). Rules are chosen on recipe A and confirmed on B and C.
+WEIGHTS_DIR = REPO / "demo_model" / "weights"
+VALIDATION_WEIGHTS = WEIGHTS_DIR / "sencache_demo_wan_validation.safetensors"
+MODELS = {"demo": WEIGHTS, "validation": VALIDATION_WEIGHTS,
+          "demo_step9139": WEIGHTS_DIR / "sencache_demo_wan_step9139.safetensors",
+          "recipe_wide": WEIGHTS_DIR / "sencache_recipe_wide.safetensors",
+          "recipe_deep": WEIGHTS_DIR / "sencache_recipe_deep.safetensors"}
 
 
 def resolve_weights(name_or_path: str | os.PathLike) -> pathlib.Path:
-    """A model name from MODELS ('demo', 'validation') or a path to a safetensors file."""
+    """A model name from MODELS ('demo', 'validation', ...) or a path to a safetensors file."""
     if str(name_or_path) in MODELS:
         return MODELS[str(name_or_path)]
     p = pathlib.Path(name_or_path)
@@ -70,9 +76,10 @@ def pack_namespace():
     from devkit import host
     pack = host.pack_module()
     ns = types.SimpleNamespace(pack=pack)
-    for name in ("runtime", "apply", "calibrate", "profiles", "demo"):
+    for name in ("runtime", "apply", "calibrate", "profiles", "demo", "schedule"):
         setattr(ns, name, importlib.import_module(f"{pack.__name__}.nodes.{name}"))
     ns.core = importlib.import_module(f"{pack.__name__}.sencache_core")
+    ns.tuning_records = importlib.import_module(f"{pack.__name__}.sencache_core.tuning")
     try:
         ns.plotting = importlib.import_module(f"{pack.__name__}.nodes.plotting")
     except Exception:

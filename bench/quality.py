@@ -60,14 +60,16 @@ CONFIGS = {
     "euler_ancestral_20_cfg5_shift5": dict(sampler="euler_ancestral", scheduler="simple", steps=20, cfg=5.0, shift=5.0),
     "uni_pc_20_cfg1_shift3": dict(sampler="uni_pc", scheduler="simple", steps=20, cfg=1.0, shift=3.0),
     "uni_pc_40_cfg5_shift3": dict(sampler="uni_pc", scheduler="simple", steps=40, cfg=5.0, shift=3.0),
+    "dpmpp_2m_40_cfg1_shift3": dict(sampler="dpmpp_2m", scheduler="simple", steps=40, cfg=1.0, shift=3.0),
 }
-# the wide benchmark (bench/wide.py): every method on both models; the last five were chosen after every default
+# the wide benchmark (bench/wide.py): every method on every model; the last six were chosen after every default
 WIDE_CONFIGS = ("wan_template", "euler_20_cfg4_shift5", "dpmpp_2m_40_cfg3_shift3", "euler_ancestral_20_cfg5_shift5",
-                "uni_pc_20_cfg1_shift3", "uni_pc_40_cfg5_shift3")
-WIDE_METHODS = ("sc_ox", "sc_opt", "fix_out", "fix_ox", "steps", "steps_shift", "plan", "plan_cal", "plan_sc")
+                "uni_pc_20_cfg1_shift3", "uni_pc_40_cfg5_shift3", "dpmpp_2m_40_cfg1_shift3")
+WIDE_METHODS = ("sc_ox", "fix_out", "fix_ox", "steps", "steps_shift", "plan_cal", "shift_sc")
 FRACTIONS = (1 / 2, 1 / 3, 1 / 4)
-SHIFT_GRID = (1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
-SHIFT_TUNING_SAMPLES = 3       # the first 3 calibration samples choose the re-tuned shift (CPU time)
+SHIFT_GRID = (1.0, 2.0, 3.0, 5.0, 8.0, 12.0)
+SHIFT_TUNING_SAMPLES = 4       # the 4 calibration samples choose the re-tuned shift of "Fewer steps (shift tuned)"
+GRID_STEPS = 1.5               # "Fewer steps (shift tuned) + SenCache": this many steps per computed evaluation
 BASELINE = "SenCache (output_extrapolated)"     # the node's default reuse mode
 # SenCache rows: name -> (reuse mode, K; None = as the node's budget mode derives it)
 SENCACHE_ROWS = {"SenCache (output_extrapolated)": ("output_extrapolated", None),
@@ -77,7 +79,8 @@ METHODS = (*SENCACHE_ROWS, "EasyCache core (input copied)", "EasyCache core (as-
            "LazyCache core", "TeaCache-style", "MagCache-style", "Fixed interval (output)",
            "Fixed interval (output-input)", "Fixed interval + extrapolation", "Every k-th step (output)",
            "Fewer steps (same shift)", "Fewer steps (shift tuned)", "Planned schedule", "Planned schedule (profile only)",
-           "SenCache (optimal placement)", "Planned schedule + SenCache", "Planned schedule (calibrated)")
+           "SenCache (optimal placement)", "Planned schedule + SenCache", "Planned schedule (calibrated)",
+           "Fewer steps (shift tuned) + SenCache")
 SHORT = {"SenCache (output_extrapolated)": "sc_ox", "SenCache (output_extrapolated, K=6)": "sc_ox_k6",
          "SenCache (output)": "sc_out", "SenCache (output-input)": "sc_omi", "EasyCache core (input copied)": "ec_copy",
          "EasyCache core (as-is)": "ec_asis", "LazyCache core": "lazy", "TeaCache-style": "tea", "MagCache-style": "mag",
@@ -85,7 +88,7 @@ SHORT = {"SenCache (output_extrapolated)": "sc_ox", "SenCache (output_extrapolat
          "Fixed interval + extrapolation": "fix_ox", "Planned schedule": "plan",
          "Planned schedule (profile only)": "plan_sigma",
          "SenCache (optimal placement)": "sc_opt", "Planned schedule + SenCache": "plan_sc",
-         "Planned schedule (calibrated)": "plan_cal",
+         "Planned schedule (calibrated)": "plan_cal", "Fewer steps (shift tuned) + SenCache": "shift_sc",
          "Every k-th step (output)": "every_k",
          "Fewer steps (same shift)": "steps", "Fewer steps (shift tuned)": "steps_shift"}
 # only with --methods (CPU time)
@@ -109,6 +112,11 @@ def test_samples(n: int = 16):
 
 def calibration_samples(n: int = 4):
     return sample_list(n, 777, 5000)
+
+
+def grid_steps(n: int, budget: int) -> int:
+    """Steps of "Fewer steps (shift tuned) + SenCache" at a budget: GRID_STEPS per computed evaluation, at most n."""
+    return min(n, int(math.floor(GRID_STEPS * budget + 0.5)))
 
 
 def budgets_for(n: int, fractions=FRACTIONS) -> list[int]:
@@ -202,24 +210,27 @@ class Bench:
             refs[(text, seed)] = C.decode(self.run(rec.attach(self.model), text, seed).latent)
         self.tea_coef = rec.teacache_coefficients()
         self.mag_ratios = rec.mag_ratios()
-        profs = []
-        for text, seed in cal:
-            pos, neg = C.conds(text)
-            with torch.inference_mode():
-                _, prof = self.sc.calibrate.calibrate(self.model, pos, neg, {"samples": C.empty_latent()}, seed, self.N,
-                                                      c["cfg"], c["sampler"], c["scheduler"], 1,
-                                                      tune_schedule=True)
-            profs.append(prof)
-        self.profile = self.sc.core.merge_profiles(profs) if len(profs) > 1 else profs[0]
+        # the SenCache profile as a user makes it: the Sensitivity Calibrator with tune_schedule on, one prompt (the
+        # first calibration sample's), one run per calibration seed; its verdict (caching or fewer steps) is recorded
+        text0, seed0 = cal[0]
+        pos, neg = C.conds(text0)
+        with torch.inference_mode():
+            _, self.profile = self.sc.calibrate.calibrate(self.model, pos, neg, {"samples": C.empty_latent()}, seed0,
+                                                          self.N, c["cfg"], c["sampler"], c["scheduler"], len(cal),
+                                                          tune_schedule=True)
+        tuning = self.profile.metadata.get("schedule_tuning")
+        self.verdicts = {b: self.sc.tuning_records.verdict(tuning, key)
+                         for key, b in self.sc.tuning_records.tune_steps(self.N).items()}
+        # "Fewer steps (shift tuned)": the shift with the best mean PSNR on the calibration samples, per step count
         self.best_shift, shift_table = {}, {}
-        for B in budgets:
+        for steps in sorted({B for B in budgets} | {grid_steps(self.N, B) for B in budgets}):
             scores = {}
             for s in shift_grid:
                 m = C.with_shift(self.base, s)
-                scores[s] = float(np.mean([C.psnr(C.decode(self.run(m, t, sd, steps=B).latent), refs[(t, sd)])
+                scores[s] = float(np.mean([C.psnr(C.decode(self.run(m, t, sd, steps=steps).latent), refs[(t, sd)])
                                            for t, sd in cal[:SHIFT_TUNING_SAMPLES]]))
-            self.best_shift[B] = max(scores, key=scores.get)
-            shift_table[B] = scores
+            self.best_shift[steps] = max(scores, key=scores.get)
+            shift_table[steps] = scores
         self.counter.clear_memo()
         self.calib = {"samples": [list(x) for x in cal],
                       "k_sencache": {B: M.sencache_k(self.N, B) for B in budgets},
@@ -227,7 +238,7 @@ class Bench:
                       "k_magcache": {B: M.magcache_k(self.N, B) for B in budgets}, "teacache_coefficients": self.tea_coef.tolist(),
                       "magcache_ratios": [round(float(v), 5) for v in self.mag_ratios],
                       "sencache_profile": self.profile.describe(), "best_shift": self.best_shift,
-                      "schedule_tuning": self.profile.metadata.get("schedule_tuning"),
+                      "schedule_tuning": tuning, "verdicts": {str(b): v for b, v in self.verdicts.items()},
                       "shift_psnr_on_calibration": {str(b): {str(s): round(v, 3) for s, v in d.items()}
                                                     for b, d in shift_table.items()},
                       "seconds": round(time.perf_counter() - t0, 1)}
@@ -268,8 +279,15 @@ class Bench:
             return M.apply_fixed(self.model, B, "output_extrapolated"), N
         if name == "Planned schedule":
             return self.model, M.planned_sigmas(self.profile, B, self.reference_sigmas)
-        if name == "Planned schedule (calibrated)":
-            return self.model, M.planned_sigmas(self.profile, B, self.reference_sigmas, "calibrated")
+        if name == "Planned schedule (calibrated)":        # the SenCache Schedule node's own code, spacing auto
+            sig, _ = self.sc.schedule.planned_sigmas(self.model, self.profile, B, self.cfg["scheduler"], N)
+            return self.model, [float(v) for v in sig]
+        if name == "Fewer steps (shift tuned) + SenCache":  # more steps on a re-tuned shift, cached down to B
+            steps = grid_steps(N, B)
+            K = M.sencache_k(steps, B, self.cfg["cfg"] == 1.0)
+            st = self.sc.runtime.SenCacheSettings(eps_start=0.2 * p, eps_main=p, max_consecutive=K,
+                                                  reuse_mode="output_extrapolated")
+            return self.sc.apply.apply_sencache(C.with_shift(self.base, self.best_shift[steps]), self.profile, st)[0], steps
         if name == "Planned schedule (profile only)":
             return self.model, M.planned_sigmas(self.profile, B, self.reference_sigmas, "profile only")
         if name == "Every k-th step (output)":
@@ -290,7 +308,8 @@ class Bench:
 
     @staticmethod
     def adaptive(name: str) -> bool:
-        return not name.startswith(("Fixed", "Fewer", "Every", "Planned", "SenCache (optimal"))
+        return name.endswith("shift tuned) + SenCache") or not name.startswith(
+            ("Fixed", "Fewer", "Every", "Planned", "SenCache (optimal"))
 
     def measure(self, frames, ref_frames, ref_feats) -> dict:
         from bench import vgg_features as V
@@ -310,7 +329,7 @@ class Bench:
             tm, e0 = time.perf_counter(), self.counter.total_computed
             if self.adaptive(name):
                 # K depends on the budget for capped methods: search each budget separately for those
-                capped = name.startswith(("SenCache", "MagCache"))
+                capped = name.startswith(("SenCache", "MagCache")) or name.endswith("+ SenCache")
                 groups = [[B] for B in budgets] if capped else [list(budgets)]
                 for group in groups:
                     Bk = group[0]

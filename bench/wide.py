@@ -1,15 +1,21 @@
-"""The wide benchmark: every method on both models over a fixed configuration list, and what wins where.
+"""The wide benchmark: every method on every model over a fixed configuration list, and what wins where.
 
-    scripts/bench_wide.sh                 # runs bench.quality on WIDE_CONFIGS for both models, then this summary
+    scripts/bench_wide.sh                 # runs bench.quality on WIDE_CONFIGS for every model, then this summary
     .dev/venv/bin/python -m bench.wide    # the summary only, from results/wide/<model>/<config>.json
 
 For each model, configuration and budget it reports every method's PSNR against the uncached run (mean ± SE over the
-test samples) and paired differences (± SE of the per-sample difference):
-- the default (SenCache node, budget mode's threshold rule: the "SenCache (output_extrapolated)" row, its ε matched to
-  the budget per sample) against fixed interval (output reuse) and plain fewer steps at the same shift;
-- each of the pack's options against fewer steps with the shift re-tuned on calibration samples.
+test samples) and paired differences (± SE of the per-sample difference), and checks:
+- Bar 1: the default (SenCache node, budget mode's threshold rule: the "SenCache (output_extrapolated)" row, its ε
+  matched to the budget per sample) is never behind fixed interval (output reuse) or plain fewer steps at the same
+  shift beyond 2 SE;
+- Bar 2: the Calibrator's verdict (caching or fewer steps, made beforehand on its own runs: one prompt, one run per
+  calibration seed) against the truth on the test samples (caching against the pack's schedule for fewer steps);
+- Bar 3: the pack's schedule for fewer steps ("Planned schedule (calibrated)", chosen beforehand) is level with or
+  ahead of fewer steps with the shift re-tuned on 4 calibration samples;
+- Bar 4: the default's quality does not fall with more evaluations (1/2 ≥ 1/3 ≥ 1/4 within 2 SE);
+- where caching on a re-tuned grid ("Fewer steps (shift tuned) + SenCache") wins.
 "Behind" / "ahead" means beyond 2 SE of the paired difference; otherwise "level". PSNR against the uncached run
-rewards matching that run, including its final step: schedules anchored at its last σ profit from that.
+rewards matching that run, including its final step.
 Writes results/wide/README.md and prints it.
 """
 from __future__ import annotations
@@ -29,12 +35,15 @@ if str(REPO) not in sys.path:
 from bench.quality import PSNR_CAP, SHORT, WIDE_CONFIGS  # noqa: E402
 
 OUT = REPO / "results" / "wide"
-MODELS = ("validation", "demo", "demo_step9139")   # the last: the former demo weights (results kept; skipped if absent)
+# recipe A (demo and two earlier checkpoints of its run), then recipes B and C (bench/common.MODELS); absent ones skip
+MODELS = ("validation", "demo", "demo_step9139", "recipe_wide", "recipe_deep")
+RECIPE = {"validation": "A", "demo": "A", "demo_step9139": "A", "recipe_wide": "B", "recipe_deep": "C"}
 DEFAULT = "SenCache (output_extrapolated)"
 SIMPLE = ("Fixed interval (output)", "Fewer steps (same shift)")
 TUNED = "Fewer steps (shift tuned)"
-PACK_OPTIONS = ("SenCache (output_extrapolated)", "SenCache (optimal placement)", "Planned schedule",
-                "Planned schedule (calibrated)", "Planned schedule + SenCache")
+SCHEDULE = "Planned schedule (calibrated)"
+GRID = "Fewer steps (shift tuned) + SenCache"
+CLEAR_DB = 1.0        # a true difference beyond this is one the verdict must get right
 
 
 def load(model: str, config: str, root: pathlib.Path = OUT) -> dict | None:
@@ -68,28 +77,25 @@ def verdict(m: float, se: float) -> str:
     return "ahead" if m > 2 * se else "behind" if m < -2 * se else "level"
 
 
-def predictions(root: pathlib.Path) -> dict:
-    """{(model, config, budget): "caching" | "fewer steps"} from the tables of bench.choose_check
-    (root/choose_check*.md). Samplers that add noise get the default, caching (the Calibrator gives no verdict)."""
-    from sencache_core.samplers import sampler_family
-    from bench.quality import CONFIGS
-    out = {}
-    for f in sorted(root.glob("choose_check*.md")):
-        for line in f.read_text().splitlines():
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            if len(cells) != 9 or not cells[1].startswith("`"):
-                continue
-            model, config, budget, pred = cells[0], cells[1].strip("`"), int(cells[2].split("/")[0]), cells[5]
-            if sampler_family(CONFIGS.get(config, {}).get("sampler")) != "ode":
-                pred = "caching"
-            out[(model, config, budget)] = pred
-    return out
+def truth(d: dict, B) -> tuple[float, float, int]:
+    """Caching (the default) minus the pack's schedule for fewer steps on the test samples: mean, SE, n."""
+    return paired(psnrs(d, DEFAULT, B), psnrs(d, SCHEDULE, B))
+
+
+def judge(verdict: dict | None, true_m: float) -> tuple[str, float]:
+    """How the Calibrator's verdict fared: ("right" | "wrong" | "none", dB lost against the better option on the test
+    samples; "none" keeps the default, caching)."""
+    winner = (verdict or {}).get("winner")
+    if winner is None:
+        return "none", max(0.0, -true_m)
+    right = (winner == "caching") == (true_m > 0)
+    return ("right" if right else "wrong"), (0.0 if right else abs(true_m))
 
 
 def summary(models=MODELS, configs=WIDE_CONFIGS, root: pathlib.Path = OUT) -> tuple[str, dict]:
-    L, facts = [], {"default_behind": [], "best_behind_tuned": [], "cells": 0, "chosen_behind_tuned": [],
-                    "chosen_cells": 0}
-    chosen_by = predictions(root)
+    L = []
+    facts = {"cells": 0, "default_behind": [], "schedule_behind": [], "schedule_cells": 0, "non_monotone": [],
+             "verdicts": [], "grid_wins": [], "grid_cells": 0}
     for model in models:
         for config in configs:
             d = load(model, config, root)
@@ -99,61 +105,83 @@ def summary(models=MODELS, configs=WIDE_CONFIGS, root: pathlib.Path = OUT) -> tu
                 continue
             c, n = d["config"], len(d["results"])
             w = d["info"]["weights"]
-            L += [f"### {model} · `{config}`", "",
+            cal = d["calibration"]
+            L += [f"### {model} (recipe {RECIPE.get(model, '?')}) · `{config}`", "",
                   f"{c['sampler']}, {c['scheduler']}, {c['steps']} steps, CFG {c['cfg']:g}, shift {c['shift']:g}; "
                   f"{n} test samples; weights `{pathlib.Path(w['path']).name}` (training step {w['training_steps']}); "
-                  f"best re-tuned shift per budget {d['calibration']['best_shift']}.", ""]
+                  f"re-tuned shift per step count {cal['best_shift']}.", ""]
             methods = [m for m in d["results"][0]["methods"]]
-            head = "| method | " + " | ".join(f"{B} of {c['steps']} evals" for B in d["budgets"]) + " |"
-            L += [head, "|---|" + "---|" * len(d["budgets"])]
+            L += ["| method | " + " | ".join(f"{B} of {c['steps']} evals" for B in d["budgets"]) + " |",
+                  "|---|" + "---|" * len(d["budgets"])]
             for m in methods:
                 cells = []
                 for B in d["budgets"]:
                     mu, se, k = mean_se(psnrs(d, m, B))
                     cells.append(f"{mu:.2f} ± {se:.2f}" + (f" ({k}/{n})" if k < n else "") if k else "–")
                 L.append(f"| {m} | " + " | ".join(cells) + " |")
-            L.append("")
-            L.append("| budget | default vs fixed interval | default vs same-shift fewer steps | best pack option "
-                     "(by mean) | its Δ vs tuned-shift fewer steps | planned (calibrated) vs tuned shift | "
-                     "the Calibrator's choice | its Δ vs tuned-shift fewer steps |")
-            L.append("|---|---|---|---|---|---|---|---|")
+            L += ["", "| budget | default vs fixed interval | default vs same-shift fewer steps | default vs tuned-shift "
+                  "fewer steps | pack's schedule vs tuned-shift fewer steps | verdict (Calibrator, beforehand) | truth: "
+                  "caching − pack's schedule (test samples) | grid + SenCache vs default |",
+                  "|---|---|---|---|---|---|---|---|"]
             for B in d["budgets"]:
                 facts["cells"] += 1
                 base = psnrs(d, DEFAULT, B)
                 row = [f"{B}/{c['steps']}"]
-                for s in SIMPLE:
+                for s in (*SIMPLE, TUNED):
                     mu, se, _ = paired(base, psnrs(d, s, B))
                     v = verdict(mu, se)
                     row.append(f"{mu:+.2f} ± {se:.2f} ({v})")
-                    if v == "behind":
+                    if v == "behind" and s in SIMPLE:
                         facts["default_behind"].append((model, config, B, s, round(mu, 2), round(se, 2)))
-                opts = [o for o in PACK_OPTIONS if o in methods]
-                best = max(opts, key=lambda o: mean_se(psnrs(d, o, B))[0])
-                tuned = psnrs(d, TUNED, B)
-                mu, se, _ = paired(psnrs(d, best, B), tuned)
-                v = verdict(mu, se)
-                if v == "behind":
-                    facts["best_behind_tuned"].append((model, config, B, best, round(mu, 2), round(se, 2)))
-                row += [best, f"{mu:+.2f} ± {se:.2f} ({v})"]
-                if "Planned schedule (calibrated)" in methods:
-                    mu, se, _ = paired(psnrs(d, "Planned schedule (calibrated)", B), tuned)
+                if SCHEDULE in methods:
+                    mu, se, _ = paired(psnrs(d, SCHEDULE, B), psnrs(d, TUNED, B))
+                    v = verdict(mu, se)
+                    facts["schedule_cells"] += 1
+                    if v == "behind":
+                        facts["schedule_behind"].append((model, config, B, round(mu, 2), round(se, 2)))
+                    row.append(f"{mu:+.2f} ± {se:.2f} ({v})")
+                    vd = (cal.get("verdicts") or {}).get(str(B))
+                    tm, tse, _ = truth(d, B)
+                    how, lost = judge(vd, tm)
+                    facts["verdicts"].append(dict(model=model, config=config, B=B, winner=(vd or {}).get("winner"),
+                                                  said=(vd or {}).get("difference_db"), said_se=(vd or {}).get("se_db"),
+                                                  truth=tm, truth_se=tse, how=how, lost=lost))
+                    said = "–" if not vd else (f"{vd['winner'] or 'no clear winner'}" + (
+                        f" ({vd['difference_db']:+.1f} ± {vd['se_db']:.1f} dB)" if vd.get("difference_db") is not None
+                        else f" ({vd.get('reason')})"))
+                    row += [said, f"{tm:+.2f} ± {tse:.2f} ({how}{f', {lost:.1f} dB lost' if lost else ''})"]
+                else:
+                    row += ["–", "–", "–"]
+                if GRID in methods:
+                    mu, se, _ = paired(psnrs(d, GRID, B), base)
+                    facts["grid_cells"] += 1
+                    if verdict(mu, se) == "ahead":
+                        facts["grid_wins"].append((model, config, B, round(mu, 2), round(se, 2)))
                     row.append(f"{mu:+.2f} ± {se:.2f} ({verdict(mu, se)})")
                 else:
                     row.append("–")
-                choice = chosen_by.get((model, config, B))
-                if choice is None:
-                    row += ["–", "–"]
-                else:
-                    m = "Planned schedule (calibrated)" if choice == "fewer steps" else DEFAULT
-                    mu, se, _ = paired(psnrs(d, m, B), tuned)
-                    v = verdict(mu, se)
-                    facts["chosen_cells"] += 1
-                    if v == "behind":
-                        facts["chosen_behind_tuned"].append((model, config, B, m, round(mu, 2), round(se, 2)))
-                    row += [choice, f"{mu:+.2f} ± {se:.2f} ({v})"]
                 L.append("| " + " | ".join(row) + " |")
+            bs = sorted(d["budgets"], reverse=True)
+            for hi, lo in zip(bs[:-1], bs[1:]):
+                mu, se, _ = paired(psnrs(d, DEFAULT, hi), psnrs(d, DEFAULT, lo))
+                if verdict(mu, se) == "behind":
+                    facts["non_monotone"].append((model, config, hi, lo, round(mu, 2), round(se, 2)))
             L.append("")
     return "\n".join(L), facts
+
+
+def verdict_table(facts: dict) -> list[str]:
+    """Bar 2 in numbers: the verdicts against the truth, cells with a clear true difference apart."""
+    vs = facts["verdicts"]
+    clear = [v for v in vs if abs(v["truth"]) > CLEAR_DB]
+    level = [v for v in vs if abs(v["truth"]) <= CLEAR_DB]
+    count = lambda rows, how: sum(v["how"] == how for v in rows)
+    worst = lambda rows, how: max([v["lost"] for v in rows if v["how"] == how], default=0.0)
+    out = ["| cells | verdicts | right | wrong (most lost) | no verdict: default kept (most lost) |", "|---|---|---|---|---|"]
+    for name, rows in ((f"true difference > {CLEAR_DB:g} dB", clear), (f"true difference ≤ {CLEAR_DB:g} dB", level)):
+        out.append(f"| {name} | {len(rows)} | {count(rows, 'right')} | {count(rows, 'wrong')} "
+                   f"({worst(rows, 'wrong'):.1f} dB) | {count(rows, 'none')} ({worst(rows, 'none'):.1f} dB) |")
+    return out
 
 
 def main(argv=None):
@@ -164,40 +192,48 @@ def main(argv=None):
     args = ap.parse_args(argv)
     root = pathlib.Path(args.dir)
     body, facts = summary(args.models, args.configs, root)
-    head = ["# Wide benchmark: every method on both models", "",
+    nv = len(facts["verdicts"])
+    head = ["# Wide benchmark: every method on every model", "",
             "Made by `scripts/bench_wide.sh` (bench.quality on each configuration and model, then `python -m "
             "bench.wide`). PSNR (dB) of the decoded frames against the same sample's uncached run, mean ± standard "
-            "error over the test samples; every method at exactly the budget's evaluation count. Short names: "
-            + ", ".join(f"{k} = {v}" for k, v in SHORT.items() if k in set(PACK_OPTIONS) | set(SIMPLE) | {TUNED,
-                "Fixed interval + extrapolation"}) + ".",
+            "error over the test samples; every method at exactly the budget's evaluation count. Models: recipe A "
+            "(validation, demo_step9139, demo: checkpoints of one training run; rules were chosen on these), recipes B "
+            "(recipe_wide) and C (recipe_deep), trained differently (demo_model/README.md). Short names: "
+            + ", ".join(f"{k} = {v}" for k, v in SHORT.items() if k in {DEFAULT, *SIMPLE, TUNED, SCHEDULE, GRID}) + ".",
             "", "Paired differences: ± SE of the per-sample difference; *behind* / *ahead* = beyond 2 SE, else *level*. "
-            "PSNR against the uncached run rewards matching that run, including its final step (the planned schedules "
-            "keep its last σ).", "",
+            "The verdict is the Sensitivity Calibrator's (tune_schedule, 4 runs of one prompt, judged leave-one-out in "
+            "latent dB); the truth is the default minus the pack's schedule for fewer steps on the test samples (PSNR).",
+            "",
             f"**Bar 1** (the default is never behind fixed interval or same-shift fewer steps beyond 2 SE): "
             f"{'met' if not facts['default_behind'] else 'NOT met in ' + str(len(facts['default_behind'])) + ' comparisons'} "
             f"over {facts['cells']} configuration × budget cells.",
-            f"**Bar 2** (the pack's best option is at least level with tuned-shift fewer steps): "
-            f"{'met' if not facts['best_behind_tuned'] else 'NOT met in ' + str(len(facts['best_behind_tuned'])) + ' cells'} "
-            "with the best option picked afterwards on the test samples (by mean); with the option the Calibrator's "
-            "tuning picks beforehand (bench/choose_check.py; caching where the sampler adds noise): "
-            + (f"behind in {len(facts['chosen_behind_tuned'])} of {facts['chosen_cells']} cells."
-               if facts["chosen_cells"] else "not run."),
-            ""]
-    if facts["default_behind"]:
-        head += ["Where the default is behind (model, config, budget, baseline, Δ dB, SE):", ""]
-        head += [f"- {m} · {c} · {b}: {s} by {-mu:.2f} ± {se:.2f}" for m, c, b, s, mu, se in facts["default_behind"]]
-        head.append("")
-    if facts["chosen_behind_tuned"]:
-        head += ["Where the Calibrator's choice is behind tuned-shift fewer steps:", ""]
-        head += [f"- {m} · {c} · {b}: {o} by {-mu:.2f} ± {se:.2f}" for m, c, b, o, mu, se in facts["chosen_behind_tuned"]]
-        head.append("")
-    if facts["best_behind_tuned"]:
-        head += ["Where the best pack option is behind tuned-shift fewer steps:", ""]
-        head += [f"- {m} · {c} · {b}: {o} by {-mu:.2f} ± {se:.2f}" for m, c, b, o, mu, se in facts["best_behind_tuned"]]
-        head.append("")
+            f"**Bar 2** (the verdict): {nv} cells.", "", *verdict_table(facts), "",
+            f"**Bar 3** (the pack's schedule, chosen beforehand, level with or ahead of a 4-sample shift re-tune): "
+            f"behind in {len(facts['schedule_behind'])} of {facts['schedule_cells']} cells.",
+            f"**Bar 4** (the default never worse with more evaluations, within 2 SE): "
+            f"{'met' if not facts['non_monotone'] else 'NOT met in ' + str(len(facts['non_monotone'])) + ' pairs'}.",
+            f"**Grid + SenCache** (M = 1.5 B steps on a re-tuned shift, cached down to B) ahead of the default in "
+            f"{len(facts['grid_wins'])} of {facts['grid_cells']} cells.", ""]
+    for title, key, fmt in (
+            ("Where the default is behind (model, config, budget, baseline, Δ dB, SE):", "default_behind",
+             lambda m, c, b, s, mu, se: f"- {m} · {c} · {b}: {s} by {-mu:.2f} ± {se:.2f}"),
+            ("Where the pack's schedule is behind tuned-shift fewer steps:", "schedule_behind",
+             lambda m, c, b, mu, se: f"- {m} · {c} · {b}: by {-mu:.2f} ± {se:.2f}"),
+            ("Where more evaluations gave a worse default (higher budget, lower budget, Δ dB):", "non_monotone",
+             lambda m, c, hi, lo, mu, se: f"- {m} · {c} · {hi} vs {lo}: {mu:+.2f} ± {se:.2f}"),
+            ("Where grid + SenCache is ahead of the default:", "grid_wins",
+             lambda m, c, b, mu, se: f"- {m} · {c} · {b}: by {mu:.2f} ± {se:.2f}")):
+        if facts[key]:
+            head += [title, ""] + [fmt(*r) for r in facts[key]] + [""]
+    wrong = [v for v in facts["verdicts"] if v["how"] == "wrong" or (v["how"] == "none" and v["lost"] > CLEAR_DB)]
+    if wrong:
+        head += ["Verdicts that were wrong, or kept the default where it lost by more than 1 dB:", ""]
+        head += [f"- {v['model']} · {v['config']} · {v['B']}: said {v['winner'] or 'no clear winner'}, truth "
+                 f"{v['truth']:+.2f} ± {v['truth_se']:.2f} dB, lost {v['lost']:.1f} dB" for v in wrong] + [""]
     text = "\n".join(head) + "\n" + body
     root.mkdir(parents=True, exist_ok=True)
     (root / "README.md").write_text(text + "\n")
+    (root / "summary.json").write_text(json.dumps(facts, indent=1, default=str) + "\n")
     print(text)
 
 
