@@ -1,7 +1,7 @@
 """The SenCache demo: the demo workflow executed by ComfyUI's own execution engine, uncached and with SenCache.
 
-    scripts/demo.sh                       # = bash scripts/setup.sh && .dev/venv/bin/python -m bench.demo
-    .dev/venv/bin/python -m bench.demo --out output/demo --repeats 3
+    scripts/demo.sh                       # = bash scripts/setup.sh && .dev/venv/bin/python -m bench demo
+    .dev/venv/bin/python -m bench demo --out output/demo --repeats 3
 
 The API-format graphs come from bench/demo_graph.py (UNETLoader -> ModelSamplingSD3 shift 8 -> [SenCache] ->
 KSampler uni_pc/simple/30 steps/cfg 6 with SenCacheDemoPrompt + ConditioningZeroOut -> SenCacheDemoDecode ->
