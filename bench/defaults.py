@@ -1,7 +1,7 @@
 """Do the SenCache node's defaults give a real, predictable speed-up on any model? Evaluations computed and PSNR of
 the default settings per model and configuration.
 
-    .dev/venv/bin/python -m bench.defaults --weights final=demo_model/weights/sencache_demo_wan.safetensors \
+    .dev/venv/bin/python -m bench defaults --weights final=demo_model/weights/sencache_demo_wan.safetensors \
         other=/path/to/other_weights.safetensors --samples 8
 
 Per model and configuration (bench.quality.CONFIGS): a profile calibrated as the quality benchmark does (one
@@ -100,7 +100,7 @@ def main(argv=None):
         rows += run_model(label, path, sc, args.configs, args.samples, args.calibration_samples, log)
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = ".dev/venv/bin/python -m bench.defaults " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    cmd = ".dev/venv/bin/python -m bench defaults " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     L = ["# SenCache defaults on more than one model", "",
          f"- Command: `{cmd}`",
          f"- Ran {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M')} UTC; {args.samples} test samples "

@@ -1,7 +1,7 @@
 """Learned profile vs Calibrator profile: quality at EXACTLY matched evaluations on the demo model.
 
-    .dev/venv/bin/python -m bench.learned --config wan_template --samples 8
-    .dev/venv/bin/python -m bench.learned --config euler_30_cfg1 --weights demo_model/weights/<other>.safetensors
+    .dev/venv/bin/python -m bench learned --config wan_template --samples 8
+    .dev/venv/bin/python -m bench learned --config euler_30_cfg1 --weights demo_model/weights/<other>.safetensors
 
 Per configuration (bench.quality.CONFIGS), through the real ComfyUI sampler and this pack's node code:
 - Calibrator profile: the Sensitivity Calibrator (nodes.calibrate.calibrate, one extra evaluation per step) on the
@@ -237,7 +237,7 @@ def main(argv=None):
     ap.add_argument("--suffix", default="", help="appended to the output file names (e.g. the weights' name)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
-    args.command = "python -m bench.learned " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    args.command = "python -m bench learned " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     torch.set_num_threads(args.threads)
     import logging
     logging.getLogger().setLevel(logging.WARNING)

@@ -269,9 +269,9 @@ def apply_lazycache(model, threshold: float, start_percent: float = 0.15, end_pe
 
 def sencache_k(n: int, budget: int, extrapolating: bool = False) -> int:
     """SenCache: first step and the protected final step always computed; K as the node's target_speedup mode
-    derives it (sencache_core.budget.k_for_target): the smallest K that can reach the budget (results/experiments: at
-    1/2 of the steps K = 2 beat the reference README's K = 3 by 2.6 ± 0.5 dB), and at least 6 at ≤ 35 % of the steps
-    in runs that extrapolate (output_extrapolated without CFG)."""
+    derives it (sencache_core.budget.k_for_target): the smallest K that can reach the budget
+    (results/archive/experiments: at 1/2 of the steps K = 2 beat the reference README's K = 3 by 2.6 ± 0.5 dB), and
+    at least 6 at ≤ 35 % of the steps in runs that extrapolate (output_extrapolated without CFG)."""
     return k_for_target(n, budget, {0, n - 1}, extrapolating)
 
 

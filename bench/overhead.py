@@ -1,6 +1,6 @@
 """The caching wrappers' own cost per model evaluation, with a zero-cost stand-in model.
 
-    .dev/venv/bin/python -m bench.overhead [--before DIR] [--device cpu|cuda] [--out results/speed/overhead-cpu.md]
+    .dev/venv/bin/python -m bench overhead [--before DIR] [--device cpu|cuda] [--out results/speed/overhead-cpu.md]
 
 The latent is Wan 2.1 1.3B's at 480p, 81 frames: [B, 16, 21, 60, 104] (B = 2 with CFG: cond and uncond batched; 1
 without). The "model" returns a preallocated tensor (no computation), so what is timed is the wrapper alone: its
@@ -216,7 +216,7 @@ def main(argv=None):
         out = pathlib.Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         import shlex
-        command = "python -m bench.overhead " + shlex.join(argv if argv is not None else sys.argv[1:])
+        command = "python -m bench overhead " + shlex.join(argv if argv is not None else sys.argv[1:])
         out.write_text(f"# Wrapper overhead per evaluation ({device.type})\n\nCommand: `{command}`\n\n{text}\n")
     return rows
 

@@ -511,7 +511,7 @@ def write_report(path_md: pathlib.Path, config_name: str, cfg: dict, info: dict,
           "mode. Reuse modes: *output_extrapolated* (the node's default: the output extrapolated in σ from the last two "
           "computed steps without CFG, the cached output with CFG, where it is identical to *output*), *output*, "
           "*output-input* (f − x). *K=6* (only with --methods sc_ox_k6): K = 6 at every budget instead of the budget's "
-          "K (without CFG it did better at 1/3 and 1/4 on validation samples, results/experiments). K (max consecutive reuses) = the smallest K "
+          "K (without CFG it did better at 1/3 and 1/4 on validation samples, results/archive/experiments). K (max consecutive reuses) = the smallest K "
           "with which the budget can be reached with one evaluation to spare, as the node's budget mode chooses it "
           "(sencache_core.budget.k_for_target); K per budget: " + str(calib.get("k_sencache")) + (
               "; output_extrapolated runs without CFG: " + str(calib.get("k_sencache_extrapolating"))

@@ -1,8 +1,8 @@
 """Speed at real scale: wall-clock speed-up and overhead of SenCache (and core EasyCache) through the real
 ComfyUI sampler.
 
-    .dev/venv/bin/python bench/speed.py --size full      # Wan 2.1 1.3B size, 480p 81 frames, bf16, on a CUDA GPU
-    .dev/venv/bin/python bench/speed.py --size reduced   # tiny Wan, small latent, any device (part of the tests)
+    .dev/venv/bin/python -m bench speed --size full      # Wan 2.1 1.3B size, 480p 81 frames, bf16, on a CUDA GPU
+    .dev/venv/bin/python -m bench speed --size reduced   # tiny Wan, small latent, any device (part of the tests)
 
 (scripts/bench_speed.sh does the set-up first.) What it does, in order:
 1. Builds a WanModel of the requested size from ComfyUI's own class on the meta device, fills seeded random

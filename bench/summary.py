@@ -1,6 +1,6 @@
 """A compact markdown summary of quality-benchmark results (the tables in docs/RESULTS.md come from here).
 
-    .dev/venv/bin/python -m bench.summary results/quality/wan_template.json [more .json ...]
+    .dev/venv/bin/python -m bench summary results/quality/wan_template.json [more .json ...]
 
 Per configuration: one row per method, one column per budget with PSNR (dB, mean ± SE over matched samples) and the
 paired ΔPSNR against SenCache with the node's default reuse mode (output_extrapolated; files written before it became

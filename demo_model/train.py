@@ -1,11 +1,13 @@
 """Train the SenCache demo model: ComfyUI's own WanModel (Wan 2.1 T2V layout, tiny) on procedural shape videos.
 
-    /work/main/.dev/venv/bin/python -m demo_model.train            # from the repo root; resumes if state exists
+    .dev/venv/bin/python -m demo_model.train            # from the repo root; resumes if --state exists
 
 Rectified flow in ComfyUI's convention (CONST / ModelSamplingDiscreteFlow): x_t = (1 - t) x0 + t eps, the model
 predicts v = eps - x0 and is called as forward(x [B,16,T,H,W], timestep = 1000 t [B], context [B,3,4096]).
 Deterministic (seeded per step, 1 thread, torch.use_deterministic_algorithms); restarting continues from
---state (optimizer, weights, EMA) and gives the same trajectory as an uninterrupted run on the same machine.
+--state (optimizer, weights, EMA; kept in .dev/, not committed) and gives the same trajectory as an uninterrupted run
+on the same machine. Without that file (another machine or session), `--init-from` the committed EMA weights starts
+a new phase with a fresh optimizer: a different trajectory from the one the lost state would have continued.
 CPU float results are not bit-identical across machines, so the weights are committed and never retrained in CI.
 """
 from __future__ import annotations
@@ -29,7 +31,6 @@ from demo_model import data  # noqa: E402
 
 WEIGHTS = REPO / "demo_model" / "weights" / "sencache_demo_wan.safetensors"
 STATE = REPO / ".dev" / "demo_train_state.pt"
-COMPACT_STATE = REPO / "demo_model" / "weights" / "sencache_demo_wan_train_state.pt"
 
 CONFIG = dict(model_type="t2v", patch_size=(1, 2, 2), text_len=512, in_dim=16, dim=128, ffn_dim=512, freq_dim=256,
               text_dim=4096, out_dim=16, num_heads=1, num_layers=4, window_size=(-1, -1), qk_norm=True,
@@ -204,46 +205,6 @@ def write_sample_grid(weights: str, out_png: str, seed: int = 0):
     print(f"{kind}: sampled {len(SAMPLE_PROMPTS)} prompts x {len(SAMPLE_SETTINGS)} settings in {secs:.1f} s -> {out_png}")
 
 
-def _cast_floats(obj, dtype):
-    if isinstance(obj, torch.Tensor):
-        return obj.to(dtype) if obj.is_floating_point() and obj.ndim > 0 else obj
-    if isinstance(obj, dict):
-        return {k: _cast_floats(v, dtype) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_cast_floats(v, dtype) for v in obj)
-    return obj
-
-
-def export_compact(state_path: pathlib.Path, out: pathlib.Path):
-    """The full training state (float32 weights, EMA, AdamW moments: ~28 MB) -> a small file to commit: weights and
-    AdamW moments in bfloat16, no EMA (the committed EMA weights file of the same step holds it), step and history."""
-    st = torch.load(state_path, map_location="cpu", weights_only=False)
-    small = {k: v for k, v in st.items() if k != "ema"}
-    small["model"] = _cast_floats(st["model"], torch.bfloat16)
-    small["opt"] = _cast_floats(st["opt"], torch.bfloat16)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    torch.save(small, tmp)
-    os.replace(tmp, out)
-    print(f"compact state of step {st['step']}: {out} ({out.stat().st_size / 1e6:.1f} MB)")
-
-
-def load_compact(path: pathlib.Path, weights: pathlib.Path) -> dict:
-    """Inverse of export_compact: float32 again, EMA from the weights file (its `steps` metadata must match)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-    st = torch.load(path, map_location="cpu", weights_only=False)
-    with safe_open(str(weights), "pt") as f:
-        meta = f.metadata() or {}
-    if int(meta.get("steps", -1)) != int(st["step"]):
-        raise ValueError(f"{path} is of step {st['step']} but {weights} of step {meta.get('steps')}: pass the "
-                         "weights file that was saved with it (--weights)")
-    st["model"] = _cast_floats(st["model"], torch.float32)
-    st["opt"] = _cast_floats(st["opt"], torch.float32)
-    st["ema"] = load_file(str(weights))
-    return st
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=100000, help="stop after this many steps (default: run until killed)")
@@ -270,7 +231,8 @@ def main(argv=None):
     ap.add_argument("--state", default=str(STATE))
     ap.add_argument("--init-from", default=None, metavar="SAFETENSORS",
                     help="start a new phase from saved EMA weights (fresh optimizer, warm-up again; step count taken "
-                         "from the file's metadata) when no --state exists, e.g. after the state file was lost")
+                         "from the file's metadata) when no --state exists: how training continues in another "
+                         "session, from the committed weights (the optimizer state is not committed)")
     ap.add_argument("--reinit-text", action="store_true",
                     help="with --init-from: re-initialise the text embedding (as build_model does) before training; "
                          "for weights whose text embedding has died for the object tokens (see text_embedding_alive)")
@@ -281,14 +243,6 @@ def main(argv=None):
                          "value when resuming")
     ap.add_argument("--anneal", action="store_true",
                     help="decay the learning rate linearly to lr/10 at --steps (instead of keeping it constant)")
-    ap.add_argument("--compact-state", default=str(COMPACT_STATE),
-                    help="the committed small training state: weights and AdamW moments in bfloat16 (the EMA comes "
-                         "from --weights, which must be of the same step)")
-    ap.add_argument("--export-compact", action="store_true",
-                    help="do not train: write --compact-state from --state and exit")
-    ap.add_argument("--resume-compact", action="store_true",
-                    help="when --state does not exist, resume from --compact-state and --weights (another machine "
-                         "or session: same trajectory up to bfloat16 rounding of the optimizer state)")
     ap.add_argument("--dim", type=int, default=None, help="model width (multiple of 128; default 128); ffn 4x")
     ap.add_argument("--layers", type=int, default=None, help="number of transformer blocks (default 4)")
     ap.add_argument("--samples", default=None, metavar="PNG",
@@ -300,9 +254,6 @@ def main(argv=None):
         return
 
     torch.set_num_threads(args.threads)
-    if args.export_compact:
-        export_compact(pathlib.Path(args.state), pathlib.Path(args.compact_state))
-        return
     torch.use_deterministic_algorithms(True)
     if args.bf16:   # comfy's RMSNorm gets bfloat16 input and float32 weight under autocast: correct, only unfused
         import warnings
@@ -331,13 +282,6 @@ def main(argv=None):
         step, elapsed, loss_avg, history = st["step"], st["elapsed"], st["loss_avg"], st["history"]
         cpu_before = float(st.get("cpu_seconds", 0.0))
         print(f"resumed from {state_path} at step {step} ({elapsed / 60:.1f} min so far)", flush=True)
-    elif args.resume_compact:
-        st = load_compact(pathlib.Path(args.compact_state), pathlib.Path(args.weights))
-        model.load_state_dict(st["model"])
-        ema = st["ema"]
-        opt.load_state_dict(st["opt"])
-        step, elapsed, loss_avg, history = st["step"], st["elapsed"], st["loss_avg"], st["history"]
-        print(f"resumed from {args.compact_state} + {args.weights} at step {step}", flush=True)
     elif args.init_from:
         from safetensors import safe_open
         from safetensors.torch import load_file
@@ -357,7 +301,7 @@ def main(argv=None):
         elapsed = float(meta.get("train_minutes", 0.0)) * 60.0
         loss_avg = float(meta["loss"]) if "loss" in meta else None
         print(f"new phase from {args.init_from} (step {step}): fresh optimizer, warm-up {args.warmup}", flush=True)
-    resumed = state_path.exists() or args.resume_compact
+    resumed = state_path.exists()
     init_from_name = st.get("init_from", "") if resumed else (pathlib.Path(args.init_from).name if args.init_from else "")
     # the step where the current training phase began (warm-up and --anneal are counted from there)
     phase_start = st.get("phase_start", 0) if resumed else step

@@ -6,4 +6,4 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/scripts/setup.sh"
 cd "$ROOT"
-exec "$ROOT/.dev/venv/bin/python" -m bench.demo "$@"
+exec "$ROOT/.dev/venv/bin/python" -m bench demo "$@"

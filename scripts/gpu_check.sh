@@ -8,7 +8,7 @@
 #      wheels av, torchsde, trampoline (ComfyUI needs them at import; the image has everything else). ~45 MB.
 #   2. device run tool:  command "bash scripts/gpu_check.sh run", carry [".gpu_carry"], timeout_s 600
 #      installs the wheels into /tmp/site, extracts ComfyUI to /tmp/ComfyUI, checks the GPU, then runs
-#      bench/speed.py --size full --device cuda (its own time limit 460 s; full size < 8 min) and copies
+#      `python -m bench speed --size full --device cuda` (its own time limit 460 s; full size < 8 min) and copies
 #      results/speed/<device>-full.{md,json} and the log to $OUT. Copy them from files_at into results/speed/.
 #
 # Budget: one call ≈ 1–2 min machine start + ~8 min run, inside the 15 min device time a drawn task has.
@@ -65,7 +65,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 "$PY" -c "import torch, torchvision, av, torchsde; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '-')"
 cd "$ROOT"
 set +e
-PYTHONUNBUFFERED=1 timeout 560 "$PY" bench/speed.py --size full --device cuda --out "$ROOT/results/speed" \
+PYTHONUNBUFFERED=1 timeout 560 "$PY" -m bench speed --size full --device cuda --out "$ROOT/results/speed" \
     "${@:2}" 2>&1 | tee "$OUTDIR/gpu_check.log"
 rc=${PIPESTATUS[0]}
 set -e

@@ -1,4 +1,4 @@
-"""The speed benchmark (bench/speed.py, issue 8) at reduced size on the CPU: it runs end to end through the real
+"""The speed benchmark (`python -m bench speed`) at reduced size on the CPU: it runs end to end through the real
 ComfyUI sampler and its report is internally consistent. Honest checks only: counts, presence and signs of the
 measured numbers; no timing thresholds (this machine's CPUs are shared)."""
 from __future__ import annotations
@@ -20,7 +20,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("speed")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "speed.py"), "--size", "reduced", "--device", "cpu",
+    proc = subprocess.run([sys.executable, "-m", "bench", "speed", "--size", "reduced", "--device", "cpu",
                            "--out", str(out), "--tmpdir", str(out), "--time-limit", "900"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]

@@ -151,6 +151,31 @@ def test_one_speed_up_definition_everywhere(m, sampled, profile):
     assert speedup.measured(3.0, 0.0).value is None and speedup.estimated(None, 0.0, 0, 0).value is None
 
 
+def test_measured_speed_up_of_repeats_is_capped_and_says_when_noise_wins(m):
+    """The demo's measured figure (median times of alternating repeats): never above the evaluation ratio, and the
+    label says when the timing noise is larger than the difference."""
+    import importlib
+    speedup = importlib.import_module(m.plotting.__name__.rsplit(".", 1)[0] + ".speedup")
+    # clear case: medians 2.11 s and 1.20 s, spreads of 0.01 s
+    clear = speedup.measured_repeats([2.10, 2.12, 2.11], [1.20, 1.21, 1.19], evaluation_ratio=2.0)
+    assert clear.kind == speedup.MEASURED and clear.value == pytest.approx(2.11 / 1.20) and clear.note == ""
+    assert clear.text() == "measured speed-up 1.76× (median CPU time of 3 alternating repeats vs an uncached run)"
+    # a shared machine's burst: the times say 2.5× for a run that computed half of the evaluations
+    capped = speedup.measured_repeats([2.4, 2.5, 2.6], [1.0, 1.0, 1.05], evaluation_ratio=2.0)
+    assert capped.value == 2.0 and "capped at the evaluation ratio 2.00×" in capped.text()
+    assert "the times gave 2.50×" in capped.note and "timing noise" not in capped.note
+    # noise larger than the difference: said, and the figure stays below the evaluation ratio
+    noisy = speedup.measured_repeats([2.0, 3.0, 2.2], [2.1, 1.9, 2.6], evaluation_ratio=2.0)
+    assert noisy.value == pytest.approx(2.2 / 2.1)
+    assert "timing noise (±0.50 s) is larger than the difference (+0.10 s)" in noisy.text()
+    assert "do not tell the two apart" in noisy.text() and "capped" not in noisy.text()
+    # one repeat: no noise estimate, said so; nothing to time: no figure
+    one = speedup.measured_repeats([2.0], [1.5], evaluation_ratio=3.0)
+    assert one.value == pytest.approx(2.0 / 1.5) and "one repeat: the timing noise is unknown" in one.text()
+    assert speedup.measured_repeats([], [], 2.0).value is None
+    assert speedup.measured_repeats([2.0, 2.1], [0.0, 1.0], 2.0).value is None
+
+
 def test_a_run_that_reuses_nothing_says_why(m, wan, conds, profile):
     """10 steps where ε sits below every predicted change: 10/10 computed, and the log line, summary and UI event
     say why and what to change."""
