@@ -23,8 +23,6 @@ COMMANDS = {
     "summary": ("bench.summary", "the compact quality tables of docs/RESULTS.md from results/quality/*.json"),
     "wide": ("bench.wide", "the wide benchmark's summary results/wide/README.md from results/wide/<model>/*.json "
                            "(scripts/bench_wide.sh runs the whole benchmark)"),
-    "choose_check": ("bench.choose_check", "the Calibrator's caching-or-fewer-steps pick against the wide benchmark "
-                                           "(results/wide/choose_check_*.md)"),
     "learned": ("bench.learned", "learned profiles against Calibrator profiles at matched evaluations "
                                  "(results/learned/)"),
     "defaults": ("bench.defaults", "evaluations and PSNR of the node's default settings per model "
