@@ -239,10 +239,14 @@ def _read_stored(path: str, key: dict) -> SensitivityProfile | None:
 
 
 def _write(profile: SensitivityProfile, folder: str, name: str) -> None:
+    path = os.path.join(folder, name)
     tmp = profiles.temp_path(folder)
-    profile.save(tmp)                         # (removes what it wrote if it fails)
     try:
-        os.replace(tmp, os.path.join(folder, name))
+        profile.save(tmp)                     # (removes what it wrote if it fails)
+    except OSError as e:                      # said of the file it was for, not of the temporary one
+        raise OSError(e.errno, e.strerror, path) from e
+    try:
+        os.replace(tmp, path)
     except OSError:
         os.remove(tmp)
         raise
@@ -250,7 +254,7 @@ def _write(profile: SensitivityProfile, folder: str, name: str) -> None:
 
 @dataclass
 class Unstored:
-    """This process's learning runs of one key that could not be stored (their measurements, and why)."""
+    """This process's learning runs of one key that could not be stored (their measurements, and why, in brief)."""
     runs: list
     reason: str
 
@@ -418,12 +422,13 @@ class ProfileLearner:
             return None
         of = f"(run {done.runs} of {self.learning_runs})"
         if done.error is not None:
-            reason = profiles.describe_os_error(done.error)
-            UNSTORED[kid] = Unstored(runs, reason)
+            reason = profiles.describe_os_error(done.error)          # what failed and where
+            brief = done.error.strerror or reason
+            UNSTORED[kid] = Unstored(runs, brief)
             self.problem = (f"learned the profile {of} but could not store it in models/sencache/{SUBFOLDER}: "
                             f"{reason}. It is kept in memory: later runs of this ComfyUI session use it instead of "
                             "learning again; it is learned again after a restart")
-            self.status = f"learned the profile {of}, kept in memory: not stored ({reason})"
+            self.status = f"learned the profile {of}, kept in memory: not stored ({brief})"
             log.warning("SenCache: %s", self.problem)
             return done.profile
         UNSTORED.pop(kid, None)

@@ -165,7 +165,10 @@ def save(profile: SensitivityProfile, filename_prefix: str) -> str:
     os.makedirs(folder, exist_ok=True)
     sub, stem = check_prefix(filename_prefix)      # again: the folder exists now, so any link in it is resolved
     tmp = temp_path(folder)
-    profile.save(tmp)                              # (removes what it wrote if it fails)
+    try:
+        profile.save(tmp)                          # (removes what it wrote if it fails)
+    except OSError as e:                           # said of the folder, not of the temporary file
+        raise OSError(e.errno, e.strerror, folder) from e
     try:
         n = 1
         while True:

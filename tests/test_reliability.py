@@ -117,6 +117,33 @@ def test_one_interrupt_stops_every_kind_of_run_and_stores_nothing(sc, wan, conds
             f.unlink()
 
 
+@pytest.mark.parametrize("what", ["learning run", "calibration"])
+def test_a_run_that_fails_stores_nothing(sc, wan, conds, what):
+    """A model error in a sampler pass (here: pass 4) ends the run with that error; no profile is stored or updated."""
+    store = pathlib.Path(sc.learn.store_dir())
+    for f in store.glob("*.safetensors"):
+        f.unlink()
+    passes = []
+
+    def fail(module, args):
+        passes.append(1)
+        if len(passes) == 4:
+            raise RuntimeError("the model failed")
+    handle = wan.model.diffusion_model.patch_embedding.register_forward_pre_hook(fail)
+    try:
+        with pytest.raises(RuntimeError, match="the model failed"), torch.inference_mode():
+            if what == "learning run":
+                m, holder = sc.apply.apply_sencache(wan, None, settings(sc, eps=0.3))
+                sampling.sample(m, *conds, sampling.wan_latent(), seed=3)
+            else:
+                sc.calibrate.calibrate(wan, *conds, {"samples": sampling.wan_latent()}, 0, 8, 5.0, "euler", "simple", 1)
+    finally:
+        handle.remove()
+    assert len(passes) == 4 and list(store.glob("*.safetensors")) == []
+    if what == "learning run":
+        assert holder.last_trace.interrupted and holder.profile is None
+
+
 def test_200_runs_hold_no_growing_state(sc, wan, conds, wan_profile):
     m, holder = sc.apply.apply_sencache(wan, wan_profile, settings(sc, eps=1.0, k=2))
     lat = sampling.wan_latent(frames=2, h=4, w=4)
