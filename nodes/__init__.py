@@ -116,7 +116,7 @@ class SensitivityCalibrator(io.ComfyNode):
                 io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="simple", tooltip="Scheduler."),
                 io.Int.Input("runs", default=2, min=1, max=64, tooltip="Number of sampling runs (consecutive seeds) to average over (count)."),
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01, tooltip="Denoise strength (fraction), as in KSampler."),
-                io.String.Input("save_as", default="", tooltip="If set, also save the profile as models/sencache/<save_as>_00001.safetensors."),
+                io.String.Input("save_as", default="", tooltip="If set, also save the profile as models/sencache/<save_as>_00001.safetensors (checked before calibrating: a name of spaces only or longer than the file system allows is refused). If saving fails, the outputs are still given and the node says why."),
                 io.Boolean.Input("tune_schedule", default=False, optional=True,
                                  tooltip="Also find the best spacing for fewer steps: after the first run, sample its noise "
                                          "with 9 candidate schedules at 1/2, 1/3 and 1/4 of the steps and keep their errors "
@@ -158,7 +158,7 @@ class SaveProfile(io.ComfyNode):
             description="Saves a sensitivity profile to models/sencache.", is_output_node=True,
             inputs=[Profile.Input("profile", tooltip="The profile to save."),
                     io.String.Input("filename_prefix", default="sencache_profile",
-                                    tooltip="File name prefix inside models/sencache (sub-folders allowed); a counter and .safetensors are added.")],
+                                    tooltip="File name prefix inside models/sencache (sub-folders allowed); a counter and .safetensors are added. Spaces around it are ignored; a prefix of spaces only is refused.")],
             outputs=[],
         )
 
