@@ -221,7 +221,7 @@ def refuse_fractional_ints(json_data):
         inputs = node.get("inputs") if ints else None
         for name in (ints & inputs.keys() if isinstance(inputs, dict) else ()):
             v = inputs[name]
-            if isinstance(v, (int, float)) and not profiles.is_whole(v):
+            if isinstance(v, float) and not v.is_integer():
                 inputs[name] = f"{v!r} (SenCache: {name} takes a whole number)"
     return json_data
 

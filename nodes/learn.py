@@ -89,7 +89,10 @@ def sampler_name(sampler) -> str | None:
 
 
 # ---- the store ------------------------------------------------------------------------------------------------
-def store_dir() -> str:
+def store_dir(create: bool = True) -> str:
+    """models/sencache/learned (made if missing, unless `create` is False: reading needs no folder)."""
+    if not create:
+        return os.path.join(profiles.profile_dir(create=False), SUBFOLDER)
     d = os.path.join(profiles.profile_dir(), SUBFOLDER)
     os.makedirs(d, exist_ok=True)
     return d
@@ -99,7 +102,7 @@ def stored_profiles() -> list[tuple[str, SensitivityProfile]]:
     """(file name relative to models/sencache, profile) of every readable learned profile; unreadable ones are logged
     and skipped."""
     out = []
-    for path in sorted(glob.glob(os.path.join(store_dir(), "*.safetensors"))):
+    for path in sorted(glob.glob(os.path.join(store_dir(create=False), "*.safetensors"))):
         if not os.path.isfile(path):
             continue
         try:

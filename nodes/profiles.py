@@ -31,9 +31,11 @@ def register_folder() -> None:
         folder_paths.folder_names_and_paths[FOLDER][1].update(EXTENSIONS)
 
 
-def profile_dir() -> str:
+def profile_dir(create: bool = True) -> str:
+    """models/sencache (made if missing, unless `create` is False: then it may not exist)."""
     d = folder_paths.get_folder_paths(FOLDER)[0]
-    os.makedirs(d, exist_ok=True)
+    if create:
+        os.makedirs(d, exist_ok=True)
     return d
 
 

@@ -300,7 +300,8 @@ def test_a_store_that_cannot_be_written_says_so_once_and_stops_relearning(sc, wa
             assert h.last_trace.config["profile_status"].startswith("using the learned profile kept in memory")
             assert "learning" not in {s.reason for s in h.last_trace.steps} and h.last_trace.reused > 0
             assert "profile_problem" not in h.last_trace.config
-    assert len(warnings_about(caplog, "could not store")) == 1            # said once
+    assert len(warnings_about(caplog, "could not store")) == 1            # said once, and nothing else
+    assert len(warnings_about(caplog, "")) == 1
     assert not any("publisher" in r.getMessage() for r in caplog.records)
     if store.is_dir():                                                    # and no temporary file left behind
         assert [p.name for p in store.iterdir() if p.name != ".lock"] == [p.name for p in store.glob("*.safetensors")]
