@@ -10,9 +10,13 @@ Per sampling run (`ProfileLearner.begin_run`, once when the run starts):
   latent, its output discarded), so a learning run costs up to twice a plain run. The "free" estimator uses no
   extra evaluation (sencache_core.learn.fit_profile on the pairs of computed evaluations); measured on the demo
   model it ranks the steps worse (results/learned), so it is not the node's. When the run finishes (`publish`) the
-  profile is made from the stored and the new measurements and saved under the key. A stored profile of the same
-  architecture, latent shape, sampler family and estimator whose weights or patches differ is a changed model:
-  logged, and a new profile is learned under the new key (the old file stays, for when the model changes back).
+  profile is made from the stored and the new measurements and saved under the key (`store`): under a file lock,
+  with the stored file read again first, so ComfyUI processes sharing models/ keep each other's runs. A run that
+  was interrupted or failed stores nothing. A profile that cannot be stored (read-only folder, disk full) is kept
+  in memory for this process (`UNSTORED`) and used by later runs instead of learning again; that is said once.
+  A stored profile of the same architecture, latent shape, sampler family and estimator whose weights or patches
+  differ is a changed model: logged, and a new profile is learned under the new key (the old file stays, for when
+  the model changes back).
 """
 from __future__ import annotations
 
@@ -193,8 +197,8 @@ def stored_run_count(profile: SensitivityProfile | None) -> int:
 
 @dataclass
 class Stored:
-    """What `store` did: the profile (stored or not), its file name, the runs it holds, how many of them another
-    process stored, and the error that kept it from the disk (None: stored)."""
+    """What `store` did: the profile (stored or not), its file name, the runs it holds, how many of them the stored
+    file held when read again, and the error that kept it from the disk (None: stored)."""
     profile: SensitivityProfile
     name: str
     runs: int
