@@ -4,6 +4,7 @@
     with ComfyServer(tmp_path, tiny=("tiny_wan21_t2v",)) as srv:       # starts, waits for /object_info
         entry = srv.run(prompt)            # POST /prompt (API format), wait for it; the /history entry
         entry["outputs"]["9"]["images"]    # each node's UI output
+        srv.post("/interrupt")             # any other endpoint
 
 What start() prepares under base_dir (BASE), then runs from the ComfyUI folder (devkit.host.comfyui_dir()):
     python main.py --cpu --listen 127.0.0.1 --port P --base-directory BASE --database-url sqlite:///:memory:
@@ -64,12 +65,15 @@ def write_tiny_models(names, folder: str | os.PathLike, python: str = sys.execut
 
 class ComfyServer:
     def __init__(self, base_dir: str | os.PathLike, port: int | None = None, tiny=("tiny_wan21_t2v",),
-                 extra_args=(), python: str = sys.executable):
+                 extra_args=(), python: str = sys.executable, wrap=()):
+        """wrap: a command the server command is appended to (e.g. `unshare -m sh -c '... exec "$@"' sh` to give it
+        its own mounts); it must exec the server in the end."""
         self.base = pathlib.Path(base_dir).resolve()
         self.port = port or free_port()
         self.tiny = tuple(tiny)
         self.extra_args = list(extra_args)
         self.python = python
+        self.wrap = list(wrap)
         self.proc: subprocess.Popen | None = None
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.base / "server.log"
@@ -94,7 +98,7 @@ class ComfyServer:
         if self.proc is not None:
             return self
         self.prepare()
-        cmd = [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+        cmd = [*self.wrap, self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                "--base-directory", str(self.base), "--database-url", "sqlite:///:memory:",
                "--disable-api-nodes", "--disable-auto-launch", *self.extra_args]
         log = open(self.log_path, "ab")
@@ -152,6 +156,17 @@ class ComfyServer:
         with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
             return json.loads(r.read())
 
+    def post(self, path: str, body: dict | None = None, timeout: float = 30.0):
+        """POST JSON to an endpoint (e.g. "/interrupt"); its JSON answer, or None when it has no body."""
+        req = urllib.request.Request(self.url + path, data=json.dumps(body or {}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            data = r.read()
+        try:
+            return json.loads(data) if data else None
+        except ValueError:
+            return None
+
     def post_prompt(self, prompt: dict, client_id: str | None = None) -> str:
         """Queue an API-format prompt; returns its prompt_id. ServerError with ComfyUI's node errors if refused.
         client_id: the websocket client (e.g. a browser page's api.clientId) that gets its progress/UI events."""
@@ -164,15 +179,16 @@ class ComfyServer:
         except urllib.error.HTTPError as e:
             raise ServerError(f"ComfyUI refused the prompt ({e.code}): {e.read().decode(errors='replace')[:4000]}") from e
 
-    def wait(self, prompt_id: str, timeout: float = 300.0, poll: float = 0.25) -> dict:
+    def wait(self, prompt_id: str, timeout: float = 300.0, poll: float = 0.25, fail: bool = True) -> dict:
         """Wait until the prompt has finished (polling /history); returns its history entry
-        ({"prompt", "outputs": {node_id: ui dict}, "status": {...}}). ServerError if it failed or timed out."""
+        ({"prompt", "outputs": {node_id: ui dict}, "status": {...}}). ServerError if it timed out, or if it failed
+        (an error or an interrupt: status_str "error") unless fail is False."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             entry = self.get(f"/history/{prompt_id}").get(prompt_id)
             if entry and entry.get("status", {}).get("completed") is not None and (
                     entry["status"].get("completed") or entry["status"].get("status_str") == "error"):
-                if entry["status"].get("status_str") == "error":
+                if entry["status"].get("status_str") == "error" and fail:
                     msgs = [m for m in entry["status"].get("messages", []) if m[0] == "execution_error"]
                     detail = msgs[-1][1] if msgs else entry["status"]
                     raise ServerError(f"prompt {prompt_id} failed: {json.dumps(detail)[:4000]}")

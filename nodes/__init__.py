@@ -1,6 +1,7 @@
 """ComfyUI nodes of the SenCache pack (V3 schema). Thin: inputs → sencache_core objects → wrappers."""
 from __future__ import annotations
 
+import functools
 import logging
 
 import comfy.samplers
@@ -10,7 +11,7 @@ from . import demo, profiles, schedule, visualize
 from .apply import apply_sencache
 from .calibrate import calibrate
 from .runtime import NODE_DEFAULTS, REUSE_MODES, SenCacheSettings
-from .ui_events import NODE_PUBLISHERS
+from .ui_events import NODE_PUBLISHERS, notify, prompt_server
 from ..sencache_core import tuning as tuning_records
 
 log = logging.getLogger("SenCache")
@@ -115,7 +116,7 @@ class SensitivityCalibrator(io.ComfyNode):
                 io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="simple", tooltip="Scheduler."),
                 io.Int.Input("runs", default=2, min=1, max=64, tooltip="Number of sampling runs (consecutive seeds) to average over (count); with tune_schedule also the samples its verdict is judged on (at least 3)."),
                 io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01, tooltip="Denoise strength (fraction), as in KSampler."),
-                io.String.Input("save_as", default="", tooltip="If set, also save the profile as models/sencache/<save_as>_00001.safetensors."),
+                io.String.Input("save_as", default="", tooltip="If set, also save the profile as models/sencache/<save_as>_00001.safetensors (checked before calibrating: a name of spaces only or longer than the file system allows is refused). If saving fails, the outputs are still given and the node says why."),
                 io.Boolean.Input("tune_schedule", default=False, optional=True,
                                  tooltip="Also tell whether SenCache caching or fewer steps comes closer to the full run, "
                                          "at 1/2, 1/3 and 1/4 of the steps, and find the best schedule for fewer steps: "
@@ -133,19 +134,23 @@ class SensitivityCalibrator(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, runs, denoise, save_as,
                 tune_schedule=False) -> io.NodeOutput:
-        if save_as.strip():
-            profiles.check_prefix(save_as)      # a bad name fails now, not after the whole calibration
+        if save_as:
+            profiles.check_prefix(save_as)      # a bad, blank or too long name fails now, not after the calibration
         latent, profile = calibrate(model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, runs, denoise,
                                     bool(tune_schedule))
         text = profile.describe()
         if profile.metadata.get("schedule_tuning"):
             text += "\nfewer steps: " + tuning_records.tuning_summary(profile.metadata["schedule_tuning"])
-        if save_as.strip():
+        if save_as:
             try:
                 text += f"\nsaved: models/sencache/{profiles.save(profile, save_as)}"
-            except (OSError, ValueError) as e:      # the measured profile still goes out: connect Save Profile
-                log.warning("SenCache: the profile could not be saved as %r: %s", save_as, e)
-                text += f"\nNOT saved ({e}); the profile output is still valid: connect Save Profile to keep it"
+            except Exception as e:      # noqa: BLE001  the measured profile and latent still go out
+                why = profiles.describe_os_error(e) if isinstance(e, OSError) else str(e)
+                problem = (f"the profile could not be saved as {save_as!r} in models/sencache: {why}. The latent and "
+                           "the profile outputs are valid: connect Save Profile to keep the profile")
+                log.warning("SenCache: %s", problem)
+                notify(problem)
+                text += f"\nNOT saved: {problem}"
         return io.NodeOutput(latent, profile, ui={"text": [text], "images": visualize.profile_preview(profile)})
 
 
@@ -157,7 +162,7 @@ class SaveProfile(io.ComfyNode):
             description="Saves a sensitivity profile to models/sencache.", is_output_node=True,
             inputs=[Profile.Input("profile", tooltip="The profile to save."),
                     io.String.Input("filename_prefix", default="sencache_profile",
-                                    tooltip="File name prefix inside models/sencache (sub-folders allowed); a counter and .safetensors are added.")],
+                                    tooltip="File name prefix inside models/sencache (sub-folders allowed); a counter and .safetensors are added. Spaces around it are ignored; a prefix of spaces only is refused.")],
             outputs=[],
         )
 
@@ -201,11 +206,43 @@ def _profile_names() -> list[str]:
         return []
 
 
+NODE_CLASSES = [SenCache, SensitivityCalibrator, SaveProfile, LoadProfile, *visualize.NODES, *demo.NODES, *schedule.NODES]
+
+
 class SenCacheExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [SenCache, SensitivityCalibrator, SaveProfile, LoadProfile, *visualize.NODES, *demo.NODES, *schedule.NODES]
+        return list(NODE_CLASSES)
+
+
+def refuse_fractional_ints(json_data):
+    """A PromptServer on_prompt handler. ComfyUI converts an INT input with int() before any node sees it, so an API
+    prompt's learning_runs 2.7 would run as 2 without a word. A number that is not whole, given to an INT input of
+    this pack's nodes, is replaced by a text saying so: ComfyUI's validation then refuses the prompt, naming the node
+    and the input."""
+    prompt = json_data.get("prompt") if isinstance(json_data, dict) else None
+    for node in (prompt.values() if isinstance(prompt, dict) else ()):
+        ints = _int_inputs().get(node.get("class_type")) if isinstance(node, dict) else None
+        inputs = node.get("inputs") if ints else None
+        for name in (ints & inputs.keys() if isinstance(inputs, dict) else ()):
+            v = inputs[name]
+            if isinstance(v, float) and not v.is_integer():
+                inputs[name] = f"{v!r} (SenCache: {name} takes a whole number)"
+    return json_data
+
+
+@functools.cache
+def _int_inputs() -> dict[str, set]:
+    """node id -> names of its INT inputs, for every node of this pack."""
+    out = {}
+    for cls in NODE_CLASSES:
+        schema = cls.define_schema()
+        out[schema.node_id] = {i.id for i in schema.inputs if isinstance(i, io.Int.Input)}
+    return out
 
 
 async def comfy_entrypoint() -> SenCacheExtension:
     profiles.register_folder()
+    server = prompt_server()
+    if hasattr(server, "add_on_prompt_handler") and refuse_fractional_ints not in server.on_prompt_handlers:
+        server.add_on_prompt_handler(refuse_fractional_ints)
     return SenCacheExtension()

@@ -14,6 +14,7 @@ from ..sencache_core import aggregate_runs
 from ..sencache_core import tuning as tuning_records
 from .measure import CAL_KEY, CalibrationHolder, measuring_diffusion_wrapper, outer_sample_wrapper
 from .model_info import model_facts
+from .profiles import is_whole
 from .tuning import CalibrationSample, tune_schedules
 
 log = logging.getLogger("SenCache")
@@ -32,8 +33,8 @@ def check_calibration_inputs(steps, cfg, sampler_name, scheduler, runs, denoise)
             raise ValueError(f"Sensitivity Calibrator: {name} must be a finite number ≥ {lo} (got {v})")
     if not (0 < denoise <= 1):
         raise ValueError(f"Sensitivity Calibrator: denoise must lie in (0, 1] (got {denoise})")
-    if int(steps) < 2 or int(runs) < 1:
-        raise ValueError(f"Sensitivity Calibrator: need steps ≥ 2 and runs ≥ 1 (got {steps}, {runs})")
+    if not (is_whole(steps) and is_whole(runs) and steps >= 2 and runs >= 1):
+        raise ValueError(f"Sensitivity Calibrator: need whole numbers steps ≥ 2 and runs ≥ 1 (got {steps}, {runs})")
 
 
 def calibrate(model, positive, negative, latent: dict, seed: int, steps: int, cfg: float, sampler_name: str,

@@ -10,16 +10,23 @@ Per sampling run (`ProfileLearner.begin_run`, once when the run starts):
   latent, its output discarded), so a learning run costs up to twice a plain run. The "free" estimator uses no
   extra evaluation (sencache_core.learn.fit_profile on the pairs of computed evaluations); measured on the demo
   model it ranks the steps worse (results/learned), so it is not the node's. When the run finishes (`publish`) the
-  profile is made from the stored and the new measurements and saved under the key. A stored profile of the same
-  architecture, latent shape, sampler family and estimator whose weights or patches differ is a changed model:
-  logged, and a new profile is learned under the new key (the old file stays, for when the model changes back).
+  profile is made from the stored and the new measurements and saved under the key (`store`): under a file lock,
+  with the stored file read again first, so ComfyUI processes sharing models/ keep each other's runs. A run that
+  was interrupted or failed stores nothing. A profile that cannot be stored (read-only folder, disk full) is kept
+  in memory for this process (`UNSTORED`) and used by later runs instead of learning again; that is said once.
+  A stored profile of the same architecture, latent shape, sampler family and estimator whose weights or patches
+  differ is a changed model: logged, and a new profile is learned under the new key (the old file stays, for when
+  the model changes back).
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import logging
 import os
+import time
+from dataclasses import dataclass
 
 import torch
 
@@ -29,7 +36,7 @@ from ..sencache_core.samplers import sampler_family
 from . import profiles
 from .measure import CAL_KEY, CalibrationHolder
 from .measure import measuring_diffusion_wrapper as calibrate_call
-from .runtime import RunState, as_parts
+from .runtime import INTERRUPT, RunState, as_parts
 
 log = logging.getLogger("SenCache")
 SUBFOLDER = "learned"
@@ -39,6 +46,8 @@ LEARNING = "learning"      # the decision reason recorded for every evaluation o
 # evaluations, no extra evaluation (it predicts the output change well but ranks the steps worse: bench.learned).
 ESTIMATORS = ("trajectory", "free")
 PATCH_SAMPLE = 64          # values sampled from each patch tensor for the patch digest (never a pass over weights)
+LOCK_FILE = ".lock"        # in models/sencache/learned: held while one process reads, merges and writes a profile
+LOCK_WAIT = 10.0           # seconds to wait for another process's store; then this one writes without the lock
 
 
 # ---- the key's host parts -------------------------------------------------------------------------------------
@@ -84,7 +93,10 @@ def sampler_name(sampler) -> str | None:
 
 
 # ---- the store ------------------------------------------------------------------------------------------------
-def store_dir() -> str:
+def store_dir(create: bool = True) -> str:
+    """models/sencache/learned (made if missing, unless `create` is False: reading needs no folder)."""
+    if not create:
+        return os.path.join(profiles.profile_dir(create=False), SUBFOLDER)
     d = os.path.join(profiles.profile_dir(), SUBFOLDER)
     os.makedirs(d, exist_ok=True)
     return d
@@ -94,7 +106,9 @@ def stored_profiles() -> list[tuple[str, SensitivityProfile]]:
     """(file name relative to models/sencache, profile) of every readable learned profile; unreadable ones are logged
     and skipped."""
     out = []
-    for path in sorted(glob.glob(os.path.join(store_dir(), "*.safetensors"))):
+    for path in sorted(glob.glob(os.path.join(store_dir(create=False), "*.safetensors"))):
+        if not os.path.isfile(path):
+            continue
         try:
             p = SensitivityProfile.load(path)
         except ProfileError as e:
@@ -117,15 +131,144 @@ def find(key: dict) -> tuple[tuple[str, SensitivityProfile] | None, list[str]]:
     return found, changed
 
 
-def save(profile: SensitivityProfile, model_class: str) -> str:
-    """Write under the file name its key gives (replacing an earlier state of the same key, atomically)."""
-    name = f"{L.file_stem(model_class, profile.metadata['key'])}.safetensors"
-    path = os.path.join(store_dir(), name)
-    profile.metadata["name"] = f"{SUBFOLDER}/{name}"
-    tmp = path + ".tmp"
-    profile.save(tmp)
-    os.replace(tmp, path)
-    return f"{SUBFOLDER}/{name}"
+@contextlib.contextmanager
+def store_lock(folder: str | None):
+    """Hold the store's lock (an OS file lock on `folder`/.lock: fcntl, msvcrt on Windows) while one process reads,
+    merges and writes a learned profile, so two ComfyUI processes sharing models/ never lose each other's runs. The
+    OS drops the lock when its process ends, so it never goes stale. Yields whether it is held: False when the lock
+    file cannot be made (the write will fail and say why) or another process held it for LOCK_WAIT seconds."""
+    fd = None
+    if folder is not None:
+        try:
+            fd = os.open(os.path.join(folder, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:
+            fd = None
+    held = False
+    if fd is not None:
+        deadline = time.monotonic() + LOCK_WAIT
+        while not held:
+            held = _try_lock(fd, True)
+            if held or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        if not held:
+            log.warning("SenCache: another process has held %s for %.0f s; storing without it",
+                        os.path.join(folder, LOCK_FILE), LOCK_WAIT)
+    try:
+        yield held
+    finally:
+        if fd is not None:
+            if held:
+                _try_lock(fd, False)
+            os.close(fd)
+
+
+def _try_lock(fd: int, lock: bool) -> bool:
+    try:
+        import fcntl
+        fcntl.flock(fd, (fcntl.LOCK_EX | fcntl.LOCK_NB) if lock else fcntl.LOCK_UN)
+        return True
+    except ImportError:                       # Windows
+        import msvcrt
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_NBLCK if lock else msvcrt.LK_UNLCK, 1)
+            return True
+        except OSError:
+            return False
+    except OSError:
+        return False
+
+
+def fit_runs(estimator: str, meta: dict, stored: SensitivityProfile | None, runs: list) -> SensitivityProfile:
+    """The learned profile of a stored profile's measurements (None: none) plus `runs` (each one learning run's:
+    calibration samples for "trajectory", observations for "free"). ProfileError if the stored ones are unreadable."""
+    if estimator == "trajectory":
+        every = (L.stored_runs(stored) if stored is not None else []) + list(runs)
+        return aggregate_runs(every, dict(meta, calibration_runs=L.samples_to_json(every)))
+    obs = (L.stored_observations(stored) if stored is not None else []) + [o for r in runs for o in r]
+    n = (stored_run_count(stored) if stored is not None else 0) + len(runs)
+    return L.fit_profile(obs, dict(meta, runs=n, observations=L.observations_to_json(obs)))
+
+
+def stored_run_count(profile: SensitivityProfile | None) -> int:
+    return int(profile.metadata.get("runs", 1)) if profile is not None else 0
+
+
+@dataclass
+class Stored:
+    """What `store` did: the profile (stored or not), its file name, the runs it holds, how many of them the stored
+    file held when read again, and the error that kept it from the disk (None: stored)."""
+    profile: SensitivityProfile
+    name: str
+    runs: int
+    stored_runs: int
+    error: OSError | None
+
+
+def store(key: dict, model_class: str, estimator: str, meta: dict, runs: list) -> Stored:
+    """Add `runs` to the stored profile of this key and write it, under the store's lock: the stored file is read
+    again first (another process sharing models/ may have added runs since this run began), so every run's
+    measurements are kept. Written atomically (a temporary file, then a rename). A failed write does not raise: the
+    result holds the profile and the error. ProfileError if nothing can be fitted."""
+    name = f"{L.file_stem(model_class, key)}.safetensors"
+    meta = dict(meta, name=f"{SUBFOLDER}/{name}")
+    try:
+        folder, error = store_dir(), None
+    except OSError as e:                      # models/sencache/learned cannot be made (read-only, a file in the way)
+        folder, error = None, e
+    with store_lock(folder):
+        stored = None
+        if folder is not None:
+            stored = _read_stored(os.path.join(folder, name), key)
+        try:
+            profile = fit_runs(estimator, meta, stored, runs)
+        except ProfileError as e:             # its measurements are unreadable: this run's replace them
+            log.warning("SenCache: %s/%s: %s; its measurements are replaced", SUBFOLDER, name, e)
+            stored = None
+            profile = fit_runs(estimator, meta, None, runs)
+        if error is None:
+            try:
+                _write(profile, folder, name)
+            except OSError as e:
+                error = e
+    return Stored(profile, f"{SUBFOLDER}/{name}", stored_run_count(profile), stored_run_count(stored), error)
+
+
+def _read_stored(path: str, key: dict) -> SensitivityProfile | None:
+    if not os.path.exists(path):
+        return None
+    try:
+        p = SensitivityProfile.load(path)
+    except ProfileError:                      # said when the run began (stored_profiles); replaced now
+        return None
+    return p if L.compare_keys(p.metadata.get("key"), key) == "match" else None
+
+
+def _write(profile: SensitivityProfile, folder: str, name: str) -> None:
+    path = os.path.join(folder, name)
+    tmp = profiles.temp_path(folder)
+    try:
+        profile.save(tmp)                     # (removes what it wrote if it fails)
+    except OSError as e:                      # said of the file it was for, not of the temporary one
+        raise OSError(e.errno, e.strerror, path) from e
+    try:
+        os.replace(tmp, path)
+    except OSError:
+        os.remove(tmp)
+        raise
+
+
+@dataclass
+class Unstored:
+    """This process's learning runs of one key that could not be stored (their measurements, and why, in brief)."""
+    runs: list
+    reason: str
+
+
+# key id -> runs learned in this ComfyUI process but not stored (a failed write): later runs use them instead of
+# learning again; a later learning run of the key stores them with its own
+UNSTORED: dict[str, Unstored] = {}
 
 
 # ---- the learner ----------------------------------------------------------------------------------------------
@@ -136,8 +279,8 @@ class ProfileLearner:
 
     def __init__(self, facts: dict, learning_runs: int = 1, estimator: str = "trajectory",
                  max_gap: int = L.DEFAULT_MAX_GAP):
-        if learning_runs < 1:
-            raise ValueError(f"learning_runs must be ≥ 1 (got {learning_runs})")
+        if not profiles.is_whole(learning_runs) or learning_runs < 1:
+            raise ValueError(f"learning_runs must be a whole number ≥ 1 (got {learning_runs})")
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS} (got {estimator!r})")
         self.facts = facts
@@ -147,7 +290,8 @@ class ProfileLearner:
         self.recorders: dict | None = None     # "free": window key -> PairRecorder, during a learning run only
         self.calibration: CalibrationHolder | None = None   # "trajectory": the Calibrator's state, likewise
         self.key: dict | None = None
-        self.previous: list = []               # what the stored profile of this key already holds
+        self.stored_seen = 0                   # learning runs the stored profile held when this run began
+        self.problem: str | None = None        # what went wrong storing this run's profile (node text, toast)
         self.run_number = 0
         self.meta: dict = {}
         self.status = "no run yet"
@@ -162,6 +306,8 @@ class ProfileLearner:
         patcher = getattr(guider, "model_patcher", None)
         try:
             profile = self.profile_for_run(patcher, tuple(args[0].shape[1:]), args[2], getattr(guider, "cfg", None))
+        except INTERRUPT:
+            raise
         except Exception as e:  # learn mode must never break a render: this run computes every step, learns nothing
             log.warning("SenCache: learn mode cannot handle this run (%s); computing every step", e)
             self.recorders = self.calibration = None
@@ -188,11 +334,15 @@ class ProfileLearner:
         if learned is not None:
             holder.profile = learned
         trace.config["profile_status"] = trace.config["no_reuse_reason"] = self.status
+        if self.problem:
+            trace.config["profile_problem"] = self.problem
 
     # -- the steps ----------------------------------------------------------------------------------------------
     def profile_for_run(self, model_patcher, latent_shape, sampler, cfg: float | None = None) -> SensitivityProfile | None:
-        """The stored learned profile for this run, or None: then this is a learning run (compute every evaluation)."""
+        """The stored learned profile for this run (or the one kept in memory when it could not be stored), or None:
+        then this is a learning run (compute every evaluation)."""
         self.recorders = self.calibration = None
+        self.problem = None
         key = L.learned_key(self.facts["fingerprint"], patches_digest(model_patcher), latent_shape,
                             sampler_family(sampler_name(sampler)), self.estimator)
         try:
@@ -200,29 +350,34 @@ class ProfileLearner:
         except OSError as e:                  # an unreadable folder: learn (nothing is lost but the reuse)
             log.warning("SenCache: cannot read models/sencache/%s: %s", SUBFOLDER, e)
             found, changed = None, []
-        runs = int(found[1].metadata.get("runs", 1)) if found else 0
-        if found and runs >= self.learning_runs:
+        unstored = UNSTORED.get(L.key_id(key))
+        runs = stored_run_count(found[1] if found else None)
+        if found and runs >= self.learning_runs and unstored is None:
             self.status = f"using learned profile {found[0]}"
             log.info("SenCache: %s (%d learning run%s)", self.status, runs, "" if runs == 1 else "s")
             return found[1]
-        if changed and not found:
-            log.warning("SenCache: the stored learned profile %s of this architecture, latent size and sampler family "
-                        "no longer matches this model (%s): the model changed or is another one; learning its own",
-                        ", ".join(changed), _what_changed(changed, key))
-        self.previous = []
-        if found:
+        if found:                             # its measurements must be readable to add to them
             try:
-                self.previous = (L.stored_runs(found[1]) if self.estimator == "trajectory"
-                                 else L.stored_observations(found[1]))
+                L.stored_runs(found[1]) if self.estimator == "trajectory" else L.stored_observations(found[1])
             except ProfileError as e:
                 log.warning("SenCache: %s: %s; learning from this run only", found[0], e)
-                runs = 0
-        self.key = key
-        self.run_number = runs + 1
+                found, runs = None, 0
         self.meta = {"key": key, "fingerprint": self.facts["fingerprint"], "model_class": self.facts["model_class"],
                      "latent_channels": self.facts["latent_channels"], "latent_shape": key["latent_shape"],
                      "sampler_family": key["sampler_family"], "sampler": sampler_name(sampler), "cfg": cfg,
                      "branch": "cond", "source": L.SOURCE}
+        if unstored is not None and runs + len(unstored.runs) >= self.learning_runs:
+            self.status = f"using the learned profile kept in memory (not stored: {unstored.reason})"
+            log.info("SenCache: %s", self.status)
+            name = f"{SUBFOLDER}/{L.file_stem(self.facts['model_class'], key)}.safetensors"
+            return fit_runs(self.estimator, dict(self.meta, name=name), found[1] if found else None, unstored.runs)
+        if changed and not found:
+            log.warning("SenCache: the stored learned profile %s of this architecture, latent size and sampler family "
+                        "no longer matches this model (%s): the model changed or is another one; learning its own",
+                        ", ".join(changed), _what_changed(changed, key))
+        self.key = key
+        self.stored_seen = runs
+        self.run_number = runs + (len(unstored.runs) if unstored else 0) + 1
         if self.estimator == "trajectory":
             self.calibration = CalibrationHolder(self.facts["latent_channels"])
             self.calibration.current = TrajectoryCalibrator()
@@ -263,24 +418,35 @@ class ProfileLearner:
                         "measured nothing (fewer than two evaluations at different σ)")
             self.status = "learning run " + ("interrupted" if interrupted else "gave nothing to learn")
             return None
+        kid = L.key_id(self.key)
+        unstored = UNSTORED.get(kid)
+        runs = (unstored.runs if unstored else []) + [new]
         try:
-            if cal is not None:
-                runs = self.previous + [new]
-                prof = aggregate_runs(runs, dict(self.meta, calibration_runs=L.samples_to_json(runs)))
-            else:
-                obs = self.previous + new
-                prof = L.fit_profile(obs, dict(self.meta, runs=self.run_number,
-                                               observations=L.observations_to_json(obs)))
-            name = save(prof, self.facts["model_class"])
-        except (ProfileError, OSError) as e:
-            log.warning("SenCache: could not learn or save the profile: %s", e)
+            done = store(self.key, self.facts["model_class"], self.estimator, self.meta, runs)
+        except ProfileError as e:
+            log.warning("SenCache: could not learn the profile: %s", e)
             self.status = f"learning failed: {e}"
             return None
-        done = self.run_number >= self.learning_runs
-        self.status = (f"learned profile {name} (run {self.run_number} of {self.learning_runs})"
-                       + ("; the next runs reuse evaluations" if done else ""))
+        of = f"(run {done.runs} of {self.learning_runs})"
+        if done.error is not None:
+            reason = profiles.describe_os_error(done.error)          # what failed and where
+            brief = done.error.strerror or reason
+            UNSTORED[kid] = Unstored(runs, brief)
+            self.problem = (f"learned the profile {of} but could not store it in models/sencache/{SUBFOLDER}: "
+                            f"{reason}. It is kept in memory: later runs of this ComfyUI session use it instead of "
+                            "learning again; it is learned again after a restart")
+            self.status = f"learned the profile {of}, kept in memory: not stored ({brief})"
+            log.warning("SenCache: %s", self.problem)
+            return done.profile
+        UNSTORED.pop(kid, None)
+        others = done.stored_runs - self.stored_seen
+        if others > 0:
+            log.info("SenCache: another process stored %d learning run%s of this model meanwhile; kept: the profile "
+                     "holds %d runs", others, "" if others == 1 else "s", done.runs)
+        self.status = (f"learned profile {done.name} {of}"
+                       + ("; the next runs reuse evaluations" if done.runs >= self.learning_runs else ""))
         log.info("SenCache: %s", self.status)
-        return prof
+        return done.profile
 
 
 class LearningRun(RunState):

@@ -12,7 +12,7 @@ import logging
 import torch
 
 from ..sencache_core import TrajectoryCalibrator
-from .runtime import as_parts, find_transformer_options
+from .runtime import INTERRUPT, as_parts, find_transformer_options
 
 log = logging.getLogger("SenCache")
 CAL_KEY = "sencache_calibration"
@@ -109,6 +109,8 @@ def _cross_pass(holder: CalibrationHolder, executor, args, kwargs, to: dict, sig
         cut_kwargs = {k: (to3 if v is to2 else _select_rows(v, batch, rows, to2)) for k, v in full_kwargs.items()}
         try:
             return as_parts(executor(*cut_args, **cut_kwargs))[0][0]
+        except (INTERRUPT, MemoryError, torch.OutOfMemoryError):
+            raise                # a stop (ComfyUI's interrupt) or out of memory: the whole batch would not help
         except Exception as e:  # noqa: BLE001  an unusual model: measure as before, on the whole batch
             holder.full_batch_cross = True
             log.warning("SenCache calibration: the cond-rows-only extra pass failed (%s); running it on the whole "

@@ -83,6 +83,7 @@ def compact(trace: RunTrace, node_id=None) -> dict:
         "wall_seconds": _finite(trace.wall_seconds), "model_seconds": _finite(trace.model_seconds),
         "interrupted": bool(trace.interrupted), "no_reuse_reason": no_reuse_reason(trace),
         "status": (trace.config or {}).get("profile_status"),
+        "problem": (trace.config or {}).get("profile_problem"),
         "settings": {k: _finite(trace.config.get(k)) if k != "max_consecutive" else trace.config.get(k)
                      for k in ("eps_start", "eps_main", "max_consecutive")},
         "steps": [{"sigma": _finite(s.sigma), "reuse": bool(s.reuse), "S": _finite(s.score), "eps": _finite(s.eps),

@@ -1,9 +1,13 @@
-"""Profile files: the `sencache` folder under ComfyUI's models, registered through folder_paths."""
+"""Profile files: the `sencache` folder under ComfyUI's models, registered through folder_paths; the checks of the
+names and numbers the nodes are given."""
 from __future__ import annotations
 
+import errno
 import logging
+import numbers
 import os
 import re
+import uuid
 
 import folder_paths
 
@@ -17,6 +21,7 @@ NPZ_PRESETS = ["auto", "wan21", "cogvideox15", "ltx091"]
 # Characters a profile name may not contain: markup (ComfyUI's frontend renders combo entries as HTML in places)
 # and control characters. Such files are left out of Load Profile's list and refused by Save Profile.
 UNSAFE_NAME = re.compile(r"[<>&\"'`\x00-\x1f\x7f]")
+COUNTER_SUFFIX = "_00001.safetensors"     # what Save Profile adds to a prefix (the counter grows as needed)
 
 
 def register_folder() -> None:
@@ -26,9 +31,11 @@ def register_folder() -> None:
         folder_paths.folder_names_and_paths[FOLDER][1].update(EXTENSIONS)
 
 
-def profile_dir() -> str:
+def profile_dir(create: bool = True) -> str:
+    """models/sencache (made if missing, unless `create` is False: then it may not exist)."""
     d = folder_paths.get_folder_paths(FOLDER)[0]
-    os.makedirs(d, exist_ok=True)
+    if create:
+        os.makedirs(d, exist_ok=True)
     return d
 
 
@@ -85,8 +92,12 @@ def npz_warnings(name: str, npz_preset: str, profile: SensitivityProfile) -> lis
 
 
 def check_prefix(filename_prefix: str) -> tuple[str, str]:
-    """(sub-folder, stem) of a save prefix, or ProfileError before any work is done: empty, absolute, '..', markup
-    characters, or a sub-folder that resolves outside models/sencache (a symlink), which Load Profile would refuse."""
+    """(sub-folder, stem) of a save prefix, or ProfileError before any work is done: empty or blank (spaces only),
+    absolute, '..', markup characters, a name longer than the file system allows (its NAME_MAX, counting the
+    counter and extension added), or a sub-folder that resolves outside models/sencache (a symlink), which Load
+    Profile would refuse. Spaces around the prefix are ignored."""
+    if filename_prefix and not filename_prefix.strip():
+        raise ProfileError(f"invalid filename prefix {filename_prefix!r}: it is blank (only spaces); give a name")
     prefix = (filename_prefix or "").strip().replace("\\", "/")
     if not prefix or os.path.isabs(prefix) or ".." in prefix.split("/"):
         raise ProfileError(f"invalid filename prefix {filename_prefix!r}: use a name (sub-folders allowed) inside "
@@ -102,25 +113,91 @@ def check_prefix(filename_prefix: str) -> tuple[str, str]:
     if os.path.commonpath([folder, base]) != base:
         raise ProfileError(f"filename prefix {filename_prefix!r} leads outside models/{FOLDER} (through a symbolic "
                            "link); Load Profile would refuse the file. Choose another sub-folder")
+    name_max, path_max = _fs_limits(folder)
+    for part in [p for p in sub.split("/") if p] + [stem + COUNTER_SUFFIX]:
+        n = len(os.fsencode(part))
+        if n > name_max:
+            what = (f"the file name {part[:40]}… ({n} bytes with the counter and extension {COUNTER_SUFFIX})"
+                    if part.endswith(COUNTER_SUFFIX) else f"the folder name {part[:40]}… ({n} bytes)")
+            raise ProfileError(f"filename prefix too long: {what} is longer than the {name_max} bytes the file system "
+                               f"of models/{FOLDER} allows per name; shorten it")
+    full = len(os.fsencode(os.path.join(folder, stem + COUNTER_SUFFIX)))
+    if full > path_max:
+        raise ProfileError(f"filename prefix too long: the path would be {full} bytes, the file system allows "
+                           f"{path_max}; shorten it")
     return sub, stem
 
 
+def _fs_limits(folder: str) -> tuple[int, int]:
+    """(longest file name, longest path) in bytes on the file system of `folder` (of its nearest existing parent);
+    255 and 4096 where the system cannot say (Windows)."""
+    d = folder
+    while d and not os.path.isdir(d) and os.path.dirname(d) != d:
+        d = os.path.dirname(d)
+    out = []
+    for key, default in (("PC_NAME_MAX", 255), ("PC_PATH_MAX", 4096)):
+        try:
+            v = os.pathconf(d, key)
+        except (AttributeError, OSError, ValueError):
+            v = None
+        out.append(int(v) if v and v > 0 else default)
+    return out[0], out[1]
+
+
+def temp_path(folder: str) -> str:
+    """A fresh temporary file name in `folder` for writing a profile before it is renamed into place: short (any
+    name length fits), hidden, unique per process and call (two processes never write the same one)."""
+    return os.path.join(folder, f".sencache-{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
+
+
+def describe_os_error(e: OSError) -> str:
+    """What failed and where, in one line: 'Read-only file system: /path' (a rename names its destination)."""
+    what = e.strerror or str(e) or type(e).__name__
+    where = getattr(e, "filename2", None) or e.filename
+    return f"{what}: {where}" if where else what
+
+
 def save(profile: SensitivityProfile, filename_prefix: str) -> str:
-    """Save as models/sencache/<prefix>_00001.safetensors (next free counter); returns the file name."""
+    """Save as models/sencache/<prefix>_00001.safetensors (next free counter; never replaces a file, also when another
+    process saves under the same prefix at once); returns the file name. OSError (naming the path) on a failed write,
+    with nothing left behind."""
     sub, stem = check_prefix(filename_prefix)
     base = profile_dir()
     folder = os.path.join(base, sub)
     os.makedirs(folder, exist_ok=True)
     sub, stem = check_prefix(filename_prefix)      # again: the folder exists now, so any link in it is resolved
-    n = 1
-    while os.path.lexists(os.path.join(folder, f"{stem}_{n:05d}.safetensors")):
-        n += 1
-    rel = os.path.join(sub, f"{stem}_{n:05d}.safetensors") if sub else f"{stem}_{n:05d}.safetensors"
-    tmp = os.path.join(base, rel + ".tmp")
-    profile.save(tmp)
-    os.replace(tmp, os.path.join(base, rel))      # never leaves a half-written profile behind
-    log.info("SenCache: saved profile %s", os.path.join(base, rel))
+    tmp = temp_path(folder)
+    try:
+        profile.save(tmp)                          # (removes what it wrote if it fails)
+    except OSError as e:                           # said of the folder, not of the temporary file
+        raise OSError(e.errno, e.strerror, folder) from e
+    try:
+        n = 1
+        while True:
+            rel = os.path.join(sub, f"{stem}_{n:05d}.safetensors") if sub else f"{stem}_{n:05d}.safetensors"
+            path = os.path.join(base, rel)
+            if not os.path.lexists(path):
+                try:
+                    os.link(tmp, path)             # fails if another process took the name meanwhile
+                    break
+                except FileExistsError:
+                    pass
+                except OSError as e:               # a file system without hard links: rename instead
+                    if e.errno not in (errno.EPERM, errno.ENOSYS, errno.EOPNOTSUPP):
+                        raise
+                    os.replace(tmp, path)
+                    break
+            n += 1
+    finally:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+    log.info("SenCache: saved profile %s", path)
     return rel
+
+
+def is_whole(v) -> bool:
+    """Whether a node's INT input is a whole number (ComfyUI's API turns 2.7 into 2 with int(): see nodes/__init__)."""
+    return not isinstance(v, bool) and (isinstance(v, numbers.Integral) or (isinstance(v, float) and v.is_integer()))
 
 
 def check_profile(profile, facts: dict) -> list[str]:

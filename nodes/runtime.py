@@ -25,6 +25,7 @@ from typing import Callable, Iterable
 
 import torch
 
+import comfy.model_management
 import comfy.model_patcher
 import comfy.patcher_extension
 
@@ -42,6 +43,8 @@ RUN_KEY = "sencache_run"    # transformer_options key of the per-run state
 REUSE_MODES = ("output", "output_minus_input", "output_extrapolated")
 
 Publisher = Callable[["SenCacheHolder", RunTrace], None]
+# ComfyUI's interrupt is an Exception subclass: every fallback (`except Exception`) in the pack lets it through first.
+INTERRUPT = comfy.model_management.InterruptProcessingException
 
 
 NODE_DEFAULTS = dict(eps_start=0.02, eps_main=0.1, max_consecutive=3)   # the SenCache node's input defaults
@@ -108,6 +111,8 @@ class SenCacheHolder:
         for publisher in list(self.publishers):
             try:
                 publisher(self, trace)
+            except INTERRUPT:
+                raise
             except Exception as e:  # a UI problem never breaks a render
                 log.warning("SenCache: trace publisher %r failed: %s", publisher, e)
 

@@ -35,6 +35,9 @@ UNITS = {"sigma": "ComfyUI sampler sigma (flow models: t in [0,1])", "norm": "RM
 RANGE_TOLERANCE = 0.05
 # A profile whose top σ is at least this covers every σ above it with its top values (module docstring).
 HIGH_NOISE_SIGMA = 10.0
+# The largest σ a profile may hold: far above any sampler's schedule (CogVideoX's zero-terminal-SNR table tops at
+# σ ≈ 4519); a larger one is a unit mix-up or a corrupt file.
+MAX_SIGMA = 1e5
 log = logging.getLogger("SenCache")
 
 # Latent sizes D = elements of one sample's latent in the reference code's defaults (docs/METHOD.md §2, §6).
@@ -64,6 +67,11 @@ class SensitivityProfile:
     _noted_above: bool = field(default=False, init=False, repr=False, compare=False)   # INFO note logged once
 
     def __post_init__(self):
+        for name in ARRAYS:    # before anything is flattened: a 2-D array is refused as what it is
+            v = getattr(self, name)
+            if v is not None and np.ndim(v) > 1:
+                raise ProfileError(f"profile array '{name}' has shape {tuple(np.shape(v))}; a profile's arrays are 1-D "
+                                   "(one value per σ grid point)")
         n = len(np.atleast_1d(self.sigmas))
         defaults = {"alpha_x_hi": lambda: self.alpha_x, "alpha_t_hi": lambda: self.alpha_t,   # percentile = mean
                     "alpha_x_std": lambda: np.zeros(n), "alpha_t_std": lambda: np.zeros(n),
@@ -93,6 +101,16 @@ class SensitivityProfile:
                 raise ProfileError(f"profile array '{name}' contains negative values")
         if n > 1 and not np.all(np.diff(self.sigmas) > 0):
             raise ProfileError("profile σ grid must be strictly increasing")
+        # meaning, not only shape
+        lo, hi = float(self.sigmas[0]), float(self.sigmas[-1])
+        if hi <= 0:
+            raise ProfileError("profile σ grid holds only σ = 0, where no sampler evaluates the model: it covers no step")
+        if hi > MAX_SIGMA:
+            raise ProfileError(f"profile σ grid reaches σ = {hi:.4g}, far beyond any sampler's noise levels (at most "
+                               f"{MAX_SIGMA:g}): wrong units or a corrupt file")
+        if not (np.any(self.alpha_x > 0) or np.any(self.alpha_t > 0)):
+            raise ProfileError("profile α_x and α_t are 0 at every σ: it predicts no change anywhere, so every step "
+                               "would be reused; it holds no measurement")
 
     @property
     def sigma_range(self) -> tuple[float, float]:
@@ -126,11 +144,29 @@ class SensitivityProfile:
 
     # -- files ------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
+        """Write the safetensors file at `path`. A failed write (folder missing or read-only, name too long, disk
+        full) raises OSError naming the path and removes what it wrote. The file is created as any file the process
+        writes (mode 0666 less the umask)."""
         import torch
-        from safetensors.torch import save_file
+        from safetensors.torch import save
         tensors = {name: torch.from_numpy(np.ascontiguousarray(getattr(self, name))) for name in ARRAYS}
-        save_file(tensors, str(path), metadata={"sencache_profile": json.dumps(self.metadata, sort_keys=True),
-                                                "format_version": str(FORMAT_VERSION)})
+        data = save(tensors, metadata={"sencache_profile": json.dumps(self.metadata, sort_keys=True),
+                                       "format_version": str(FORMAT_VERSION)})
+        path = os.fspath(path)
+        f = open(path, "wb")
+        try:
+            with f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException as e:
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+            if isinstance(e, OSError) and e.filename is None:     # a failed write (disk full) names no file
+                raise OSError(e.errno, e.strerror, path) from e
+            raise
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SensitivityProfile":

@@ -44,12 +44,97 @@ def _calibrator(host, model, conds, **over):
                         latent_image={"samples": sampling.wan_latent()}, **kw)
 
 
-@pytest.mark.parametrize("save_as", ["../escape", "/abs/path", "a<script>", "sub/"])
-def test_calibrator_refuses_a_bad_save_as_before_calibrating(host, sc, counted, conds, save_as):
+@pytest.mark.parametrize("save_as, why", [("../escape", "inside models/sencache"), ("/abs/path", "inside"),
+                                          ("a<script>", "may not contain"), ("sub/", "ends with '/'"),
+                                          ("x" * 300, "too long: the file name"), ("y" * 300 + "/p", "too long: the folder"),
+                                          ("   ", "blank"), ("\t", "blank")])
+def test_calibrator_refuses_a_bad_save_as_before_calibrating(host, sc, counted, conds, save_as, why):
     model, calls = counted
-    with pytest.raises(sc.core.ProfileError, match="filename prefix"):
+    with pytest.raises(sc.core.ProfileError, match="filename prefix") as e:
         _calibrator(host, model, conds, save_as=save_as)
+    assert why in str(e.value)
     assert calls == []          # not one model evaluation was spent
+
+
+def test_save_profile_name_length_is_the_file_systems_limit(host, sc, wan_profile, profile_dir):
+    """The limit is the file system's NAME_MAX in bytes, counting the counter and extension Save Profile adds."""
+    name_max = os.pathconf(profile_dir, "PC_NAME_MAX")
+    room = name_max - len(sc.profiles.COUNTER_SUFFIX)
+    node = host.NODE_CLASS_MAPPINGS["SenCacheSaveProfile"]
+    out = node.execute(profile=wan_profile, filename_prefix="n" * room)
+    ui = out.ui if isinstance(out.ui, dict) else out.ui.as_dict()
+    saved = os.path.join(profile_dir, ui["text"][0].split("models/sencache/", 1)[1])
+    try:
+        assert len(os.path.basename(saved)) == name_max and os.path.isfile(saved)
+        for prefix in ("n" * (room + 1), "σ" * (room // 2 + 1)):        # bytes, not characters
+            with pytest.raises(sc.core.ProfileError, match=f"longer than the {name_max} bytes"):
+                node.execute(profile=wan_profile, filename_prefix=prefix)
+        with pytest.raises(sc.core.ProfileError, match="blank"):
+            node.execute(profile=wan_profile, filename_prefix="   ")
+    finally:
+        os.remove(saved)
+
+
+def test_saved_profiles_follow_the_umask(host, sc, wan, conds, wan_profile, profile_dir):
+    old = os.umask(0o002)
+    try:
+        out = host.NODE_CLASS_MAPPINGS["SenCacheSaveProfile"].execute(profile=wan_profile, filename_prefix="umask/p")
+        cal = _calibrator(host, wan, conds, save_as="umask/c")
+    finally:
+        os.umask(old)
+    names = [(o.ui if isinstance(o.ui, dict) else o.ui.as_dict())["text"][0].split("models/sencache/", 1)[1].split()[0]
+             for o in (out, cal)]
+    try:
+        for n in names:
+            assert os.stat(os.path.join(profile_dir, n)).st_mode & 0o777 == 0o664, n
+        assert sorted(os.listdir(os.path.join(profile_dir, "umask"))) == ["c_00001.safetensors", "p_00001.safetensors"]
+    finally:
+        for n in names:
+            os.remove(os.path.join(profile_dir, n))
+
+
+@pytest.mark.parametrize("field", ["steps", "runs"])
+def test_calibrator_refuses_non_whole_counts(host, counted, conds, field):
+    model, calls = counted
+    with pytest.raises(ValueError, match="whole numbers"):
+        _calibrator(host, model, conds, **{field: 2.7})
+    assert calls == []
+
+
+def _raw_profile(path, **arrays):
+    """A profile file as another tool might write it: our format, any arrays (no checks on the way)."""
+    import json
+    from safetensors.numpy import save_file
+    n = 4
+    base = dict(sigmas=np.linspace(0.1, 1.0, n), alpha_x=np.full(n, 0.5), alpha_t=np.full(n, 2.0))
+    base.update(arrays)
+    for k in ("alpha_x_hi", "alpha_t_hi", "alpha_x_std", "alpha_t_std", "dx_per_sigma", "counts"):
+        base.setdefault(k, np.ones_like(base["alpha_x"]))
+    save_file({k: np.ascontiguousarray(v, dtype=np.float64) for k, v in base.items()}, str(path),
+              metadata={"sencache_profile": json.dumps({"format_version": 1, "source": "test"}),
+                        "format_version": "1"})
+
+
+@pytest.mark.parametrize("arrays, reason", [
+    (dict(alpha_x=np.zeros(4), alpha_t=np.zeros(4), alpha_x_hi=np.zeros(4), alpha_t_hi=np.zeros(4)),
+     "α_x and α_t are 0 at every σ"),
+    (dict(alpha_x=np.full((2, 2), 0.5)), "'alpha_x' has shape (2, 2); a profile's arrays are 1-D"),
+    (dict(sigmas=np.linspace(0.1, 1.0, 4).reshape(2, 2)), "'sigmas' has shape (2, 2)"),
+    (dict(sigmas=np.array([0.1, 1.0, 10.0, 1e9])), "reaches σ = 1e+09, far beyond"),
+    (dict(sigmas=np.zeros(1), alpha_x=np.ones(1), alpha_t=np.ones(1)), "only σ = 0"),
+    (dict(alpha_t=np.array([1.0, -1.0, 1.0, 1.0])), "'alpha_t' contains negative values"),
+])
+def test_profiles_are_checked_for_meaning_with_the_exact_reason(host, sc, profile_dir, arrays, reason):
+    path = os.path.join(profile_dir, "odd_profile.safetensors")
+    _raw_profile(path, **arrays)
+    try:
+        with pytest.raises(sc.core.ProfileError) as e:
+            host.NODE_CLASS_MAPPINGS["SenCacheLoadProfile"].execute(profile_name="odd_profile.safetensors",
+                                                                    npz_preset="auto")
+        assert reason in str(e.value)
+        assert "strictly increasing" not in str(e.value)
+    finally:
+        os.remove(path)
 
 
 def test_calibrator_refuses_a_symlinked_save_as_folder_before_calibrating(host, sc, counted, conds, profile_dir, tmp_path):
@@ -189,7 +274,9 @@ def test_calibrator_keeps_its_profile_when_saving_fails(host, sc, wan, conds, pr
         latent, profile = out.args
         assert latent["samples"].shape == sampling.wan_latent().shape and profile.sigmas.size > 0
         ui = out.ui if isinstance(out.ui, dict) else out.ui.as_dict()
-        assert "NOT saved" in ui["text"][0]
-        assert any("could not be saved" in r.getMessage() for r in caplog.records)
+        assert "NOT saved" in ui["text"][0] and blocker in ui["text"][0]    # what failed and where
+        said = [r.getMessage() for r in caplog.records if "could not be saved" in r.getMessage()]
+        assert len(said) == 1 and blocker in said[0], said
+        assert os.listdir(profile_dir) == [n for n in os.listdir(profile_dir) if not n.endswith(".tmp")]
     finally:
         os.remove(blocker)

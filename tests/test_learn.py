@@ -4,6 +4,7 @@ another node), and notices a changed model (other weights, a LoRA patch) and lea
 import logging
 import os
 import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -21,16 +22,24 @@ def settings(sc, **kw):
     return sc.runtime.SenCacheSettings(**kw)
 
 
+def _empty(d: pathlib.Path) -> None:
+    if d.is_file() or d.is_symlink():
+        d.unlink()
+    d.mkdir(exist_ok=True)
+    for f in list(d.iterdir()):
+        shutil.rmtree(f) if f.is_dir() else f.unlink()
+
+
 @pytest.fixture
 def store(sc):
-    """An empty models/sencache/learned for each test."""
+    """An empty models/sencache/learned for each test, and no learned profile kept in memory."""
     import folder_paths  # noqa: F401  (the host is booted by `sc`)
     d = pathlib.Path(sc.learn.store_dir())
-    for f in d.glob("*"):
-        f.unlink()
+    _empty(d)
+    sc.learn.UNSTORED.clear()
     yield d
-    for f in d.glob("*"):
-        f.unlink()
+    _empty(d)
+    sc.learn.UNSTORED.clear()
 
 
 def learned_files(store):
@@ -250,3 +259,113 @@ def test_a_run_learn_mode_cannot_key_computes_every_step(sc, wan, caplog):
     assert "learn mode cannot handle this run" in caplog.text and not learner.learning
     run = learner.make_run(holder, wan.model.model_sampling, torch.tensor([1.0, 0.5, 0.0]))
     assert isinstance(run, sc.learn.LearningRun) and run.trace.config["profile_status"].startswith("not learning")
+
+
+# ---- a store that cannot be written ---------------------------------------------------------------------------
+def warnings_about(caplog, text):
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and text in r.getMessage()]
+
+
+@pytest.mark.parametrize("blocked", ["a file where the folder goes", "a folder where the file goes"])
+def test_a_store_that_cannot_be_written_says_so_once_and_stops_relearning(sc, wan, conds, store, caplog, blocked):
+    """The learning run still gives the uncached result; its profile is kept in memory for this process and used by
+    the next runs (which reuse evaluations instead of learning again); the failure is said once, naming the path."""
+    if blocked == "a file where the folder goes":     # models/sencache/learned cannot be made
+        store.rmdir()
+        store.write_text("not a folder")
+        where = str(store)
+    else:                                             # the folder is there, the profile's file name is a folder
+        run(sc, wan, conds)
+        (name,) = learned_files(store)
+        (store / name).unlink()
+        (store / name).mkdir()
+        where = str(store / name)
+    ref = sampling.sample(wan, *conds, sampling.wan_latent(**LATENT), seed=3)
+    with caplog.at_level(logging.INFO, logger="SenCache"):
+        out, holder = run(sc, wan, conds)
+        assert torch.equal(out, ref)                          # the run's output is the uncached one
+        t = holder.last_trace
+        assert t.interrupted is False and {s.reason for s in t.steps} == {"learning"}
+        problem = t.config["profile_problem"]
+        assert problem.startswith("learned the profile (run 1 of 1) but could not store it in "
+                                  "models/sencache/learned: ") and where in problem, problem
+        assert "kept in memory" in problem
+        assert t.config["profile_status"].startswith("learned the profile (run 1 of 1), kept in memory: not stored")
+        compact = sc.plotting.compact(t, "7")            # what the node strip and the toast get
+        assert compact["problem"] == problem and compact["status"] == t.config["profile_status"]
+        assert holder.profile is not None and holder.profile.metadata["runs"] == 1
+        # the next runs (other nodes, other seeds) use the profile kept in memory: no relearning, reuse
+        for seed in (4, 5):
+            _, h = run(sc, wan, conds, seed=seed, target_speedup=2.0)
+            assert h.last_trace.config["profile_status"].startswith("using the learned profile kept in memory")
+            assert "learning" not in {s.reason for s in h.last_trace.steps} and h.last_trace.reused > 0
+            assert "profile_problem" not in h.last_trace.config
+    assert len(warnings_about(caplog, "could not store")) == 1            # said once, and nothing else
+    assert len(warnings_about(caplog, "")) == 1
+    assert not any("publisher" in r.getMessage() for r in caplog.records)
+    if store.is_dir():                                                    # and no temporary file left behind
+        assert [p.name for p in store.iterdir() if p.name != ".lock"] == [p.name for p in store.glob("*.safetensors")]
+
+
+def test_runs_kept_in_memory_are_stored_with_the_next_learning_run(sc, wan, conds, store, caplog):
+    """learning_runs 2: run 1 cannot be stored (a file in the way); once the folder can be made, run 2 stores both."""
+    store.rmdir()
+    store.write_text("not a folder")
+    _, h1 = run(sc, wan, conds, seed=1, learning_runs=2)
+    assert h1.last_trace.config["profile_status"].startswith("learned the profile (run 1 of 2), kept in memory")
+    store.unlink()
+    _, h2 = run(sc, wan, conds, seed=2, learning_runs=2)
+    assert h2.last_trace.config["profile_status"].endswith("(run 2 of 2); the next runs reuse evaluations")
+    (name,) = learned_files(store)
+    prof = sc.core.SensitivityProfile.load(store / name)
+    assert prof.metadata["runs"] == 2 and [len(r) for r in prof.metadata["calibration_runs"]] == [7, 7]
+    assert sc.learn.UNSTORED == {}
+    _, h3 = run(sc, wan, conds, seed=3, learning_runs=2)
+    assert h3.last_trace.config["profile_status"] == f"using learned profile learned/{name}"
+
+
+@pytest.mark.parametrize("estimator", ["trajectory", "free"])
+def test_two_learners_at_once_keep_both_runs(sc, wan, conds, store, caplog, estimator):
+    """Two learning runs of one key that both began before either stored (two ComfyUI processes sharing models/,
+    here two learners driven in that order): the second to finish re-reads the store and adds its run."""
+    import comfy.sample
+    facts = sc.model_info.model_facts(wan)
+    latent = sampling.wan_latent(**LATENT)
+    a = sc.learn.ProfileLearner(facts, 2, estimator)
+    b = sc.learn.ProfileLearner(facts, 2, estimator)
+    pa = a.profile_for_run(wan, tuple(latent.shape[1:]), comfy.samplers.ksampler("euler"))
+    pb = b.profile_for_run(wan, tuple(latent.shape[1:]), comfy.samplers.ksampler("euler"))
+    assert pa is None and pb is None and a.status == b.status == "learning the profile (run 1 of 2)"
+    for learner, seed in ((a, 1), (b, 2)):      # each measures its own run (its run_setup already done above)
+        if learner.calibration is not None:
+            learner.calibration.model_sampling = wan.model.model_sampling
+        holder = sc.runtime.SenCacheHolder(None, settings(sc), facts["latent_channels"], run_class=learner.make_run,
+                                           publishers=[learner.publish])
+        with caplog.at_level(logging.INFO, logger="SenCache"):
+            sampling.sample(sc.runtime.attach(wan, holder), *conds, latent, seed=seed)
+    assert a.status.startswith("learned profile learned/") and a.status.endswith("(run 1 of 2)")
+    assert b.status.endswith("(run 2 of 2); the next runs reuse evaluations"), b.status
+    (name,) = learned_files(store)
+    meta = sc.core.SensitivityProfile.load(store / name).metadata
+    assert meta["runs"] == 2
+    if estimator == "trajectory":
+        assert [len(r) for r in meta["calibration_runs"]] == [7, 7]
+    assert "another process stored 1 learning run of this model meanwhile; kept: the profile holds 2 runs" in caplog.text
+
+
+def test_learning_runs_must_be_a_whole_number(sc, wan, wan_profile):
+    facts = sc.model_info.model_facts(wan)
+    for bad in (2.7, 0, -1, True):
+        with pytest.raises(ValueError, match="learning_runs must be a whole number ≥ 1"):
+            sc.learn.ProfileLearner(facts, bad)
+    assert sc.learn.ProfileLearner(facts, 2.0).learning_runs == 2
+
+
+def test_learned_profiles_follow_the_umask(sc, wan, conds, store):
+    old = os.umask(0o027)
+    try:
+        run(sc, wan, conds)
+    finally:
+        os.umask(old)
+    (name,) = learned_files(store)
+    assert (store / name).stat().st_mode & 0o777 == 0o640

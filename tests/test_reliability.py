@@ -1,13 +1,15 @@
 """The fault matrix (issue 7): each row runs the real ComfyUI sampler on tiny checkpoints."""
+import contextlib
 import gc
 import math
 import os
+import pathlib
 import random
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import assume, given, settings as hsettings, strategies as st
 
 from devkit import sampling
 
@@ -56,6 +58,90 @@ def test_interrupt_at_random_step_then_clean_run(sc, wan, conds, wan_profile, se
     assert live_run_states(sc) == []                       # nothing of the run (and none of its tensors) is kept
     again = sampling.sample(m, *conds, sampling.wan_latent(), seed=7)
     assert torch.equal(again, clean) and [(s.sigma, s.reuse, s.reason) for s in holder.last_trace.steps] == clean_trace
+
+
+@contextlib.contextmanager
+def interrupt_at_model_pass(model, k: int):
+    """Press ComfyUI's interrupt as the k-th model pass begins, as POST /interrupt does from the server's thread: a
+    forward pre-hook on the diffusion model's first layer, which every pass goes through (the sampler's and the
+    measuring extra pass), sets the flag; that layer's own check (comfy.ops) then raises InterruptProcessingException.
+    Yields the batch sizes of the passes that began."""
+    import comfy.model_management as mm
+    passes = []
+
+    def hook(module, args):
+        passes.append(args[0].shape[0])
+        if len(passes) == k:
+            mm.interrupt_current_processing()
+    handle = model.model.diffusion_model.patch_embedding.register_forward_pre_hook(hook)
+    try:
+        yield passes
+    finally:
+        handle.remove()
+        mm.interrupt_current_processing(False)
+
+
+# with CFG the passes are: step 1 (cond + uncond batched), step 2, step 2's extra pass (cond rows only), step 3, ...;
+# pass 3 is the first measuring extra pass, pass 4 a sampler pass
+@pytest.mark.parametrize("cfg", [5.0, 1.0])
+@pytest.mark.parametrize("k", [3, 4])
+@pytest.mark.parametrize("what", ["learning run", "calibration", "cached run"])
+def test_one_interrupt_stops_every_kind_of_run_and_stores_nothing(sc, wan, conds, wan_profile, what, k, cfg):
+    import comfy.model_management as mm
+    store = pathlib.Path(sc.learn.store_dir())
+    for f in store.glob("*.safetensors"):
+        f.unlink()
+    if what == "learning run":
+        m, holder = sc.apply.apply_sencache(wan, None, settings(sc, eps=0.3))
+        go = lambda: sampling.sample(m, *conds, sampling.wan_latent(), seed=3, cfg=cfg)
+    elif what == "calibration":
+        holder = None
+        go = lambda: sc.calibrate.calibrate(wan, *conds, {"samples": sampling.wan_latent()}, 0, 8, cfg, "euler",
+                                            "simple", 2)
+    else:
+        m, holder = sc.apply.apply_sencache(wan, wan_profile, settings(sc, eps=0.0))
+        go = lambda: sampling.sample(m, *conds, sampling.wan_latent(), seed=3, cfg=cfg)
+    with interrupt_at_model_pass(wan, k) as passes, pytest.raises(mm.InterruptProcessingException):
+        with torch.inference_mode():
+            go()
+    assert len(passes) == k                                # not one model pass after the interrupt
+    assert not mm.processing_interrupted()
+    assert list(store.glob("*.safetensors")) == []         # an interrupted run stores no profile
+    if holder is not None:
+        assert holder.last_trace.interrupted
+    if what == "learning run":
+        assert holder.last_trace.config["profile_status"] == "learning run interrupted"
+        again = sampling.sample(m, *conds, sampling.wan_latent(), seed=3, cfg=cfg)   # the next run learns in full
+        assert torch.isfinite(again).all() and len(list(store.glob("*.safetensors"))) == 1
+        for f in store.glob("*.safetensors"):
+            f.unlink()
+
+
+@pytest.mark.parametrize("what", ["learning run", "calibration"])
+def test_a_run_that_fails_stores_nothing(sc, wan, conds, what):
+    """A model error in a sampler pass (here: pass 4) ends the run with that error; no profile is stored or updated."""
+    store = pathlib.Path(sc.learn.store_dir())
+    for f in store.glob("*.safetensors"):
+        f.unlink()
+    passes = []
+
+    def fail(module, args):
+        passes.append(1)
+        if len(passes) == 4:
+            raise RuntimeError("the model failed")
+    handle = wan.model.diffusion_model.patch_embedding.register_forward_pre_hook(fail)
+    try:
+        with pytest.raises(RuntimeError, match="the model failed"), torch.inference_mode():
+            if what == "learning run":
+                m, holder = sc.apply.apply_sencache(wan, None, settings(sc, eps=0.3))
+                sampling.sample(m, *conds, sampling.wan_latent(), seed=3)
+            else:
+                sc.calibrate.calibrate(wan, *conds, {"samples": sampling.wan_latent()}, 0, 8, 5.0, "euler", "simple", 1)
+    finally:
+        handle.remove()
+    assert len(passes) == 4 and list(store.glob("*.safetensors")) == []
+    if what == "learning run":
+        assert holder.last_trace.interrupted and holder.profile is None
 
 
 def test_200_runs_hold_no_growing_state(sc, wan, conds, wan_profile):
@@ -303,6 +389,10 @@ def test_property_interpolation_stays_within_neighbours(sc, grid, data):
         return
     ax = data.draw(st.lists(finite, min_size=len(grid), max_size=len(grid)))
     at = data.draw(st.lists(finite, min_size=len(grid), max_size=len(grid)))
+    if not (any(ax) or any(at)):          # a profile that predicts no change anywhere is refused
+        with pytest.raises(sc.core.ProfileError, match="0 at every σ"):
+            sc.core.SensitivityProfile(sigmas=grid, alpha_x=ax, alpha_t=at)
+        return
     p = sc.core.SensitivityProfile(sigmas=grid, alpha_x=ax, alpha_t=at)
     s = data.draw(st.floats(min_value=grid[0], max_value=grid[-1]))
     v = p.lookup(s)
@@ -319,6 +409,7 @@ def test_property_interpolation_stays_within_neighbours(sc, grid, data):
 @given(eps=finite, k=st.integers(0, 6), steps=st.lists(st.tuples(st.floats(0.0, 2.0), finite), min_size=1, max_size=40),
        ax=finite, at=finite)
 def test_property_policy_never_exceeds_k_and_is_deterministic(sc, eps, k, steps, ax, at):
+    assume(ax > 0 or at > 0)                # (an all-zero profile is refused: test_property_interpolation...)
     prof = sc.core.SensitivityProfile(sigmas=[0.0, 1.0], alpha_x=[ax, ax], alpha_t=[at, at])
     pol = sc.core.ReusePolicy(prof, eps, eps, k)
     runs = []

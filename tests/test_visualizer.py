@@ -213,7 +213,7 @@ def test_trace_event_sent_per_run_and_noop_without_server(host, m, wan, conds, p
     if server_mod is not None and hasattr(server_mod, "PromptServer"):
         monkeypatch.delattr(server_mod.PromptServer, "instance", raising=False)
     sampling.sample(model, *conds, sampling.wan_latent(), seed=1, steps=6)
-    assert ev._prompt_server() is None
+    assert ev.prompt_server() is None
 
     sent = []
 

@@ -2,17 +2,22 @@
 //
 // The server sends "sencache.trace" after every sampling run (nodes/ui_events.py) with
 //   { node_id, prompt_id, computed, reused, total, speedup, speedup_kind, speedup_text, wall_seconds, model_seconds,
-//     interrupted, no_reuse_reason (optional), status (learn mode, optional), steps: [{ sigma, reuse, S, eps, reason }, ...] }
+//     interrupted, no_reuse_reason (optional), status (learn mode, optional), problem (learn mode: the learned profile
+//     could not be stored, optional), steps: [{ sigma, reuse, S, eps, reason }, ...] }
 // This extension stores it on the matching node as `node.sencacheTrace`, draws a compact per-step strip at
 // the bottom of the node (one cell per model evaluation: blue = computed, green = reused; bar height = S/ε,
 // the dashed line is S = ε; a full pale bar = computed without a score, e.g. first/final step), and shows a
 // short toast with computed/total and the speed-up exactly as the server labels it (speedup_text: an estimate unless
 // measured against an uncached run), plus why nothing was reused when the server says so (no_reuse_reason).
 // Several SenCache nodes in one graph (e.g. the two Wan 2.2 experts) each keep and draw their own run.
+// "sencache.notice" { node_id, prompt_id, severity, text } is a problem of a node that has no trace (the Calibrator's
+// failed save_as): a toast, and the text drawn above that node's title until the node runs again.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 const EVENT = "sencache.trace";
+const NOTICE = "sencache.notice";
+const NOTICE_COLOUR = "#ff8a65";
 const NODE_TYPE = "SenCacheApply";
 const COMPUTED = "#3465a4";
 const REUSED = "#4e9a06";
@@ -114,15 +119,57 @@ function showTrace(detail) {
   app.graph?.setDirtyCanvas?.(true, true);
   const who = node?.title ? `${node.title} (#${detail.node_id})` : `node #${detail.node_id}`;
   app.extensionManager?.toast?.add?.({
-    severity: detail.interrupted ? "warn" : "info",
+    severity: detail.interrupted || detail.problem ? "warn" : "info",
     summary: "SenCache",
     detail: `${who}: computed ${detail.computed}/${detail.total} model evaluations, ${speedupText(detail)}` +
             (detail.interrupted ? ", run interrupted" : "") +
-            (detail.no_reuse_reason ? `. Nothing reused: ${detail.no_reuse_reason}` : "") +
-            (detail.status && detail.status !== detail.no_reuse_reason ? `. ${detail.status}` : ""),
-    life: detail.no_reuse_reason ? 12000 : 6000,
+            (detail.problem ? `. ${detail.problem}` :
+             (detail.no_reuse_reason ? `. Nothing reused: ${detail.no_reuse_reason}` : "") +
+             (detail.status && detail.status !== detail.no_reuse_reason ? `. ${detail.status}` : "")),
+    life: detail.problem ? 20000 : detail.no_reuse_reason ? 12000 : 6000,
   });
 }
+
+function showNotice(detail) {
+  const node = findNode(detail.node_id);
+  if (node) {
+    node.sencacheNotice = detail.text;
+    node.setDirtyCanvas?.(true, true);
+  }
+  const who = node?.title ? `${node.title} (#${detail.node_id})` : `node #${detail.node_id}`;
+  app.extensionManager?.toast?.add?.({
+    severity: detail.severity || "warn", summary: "SenCache", detail: `${who}: ${detail.text}`, life: 20000,
+  });
+}
+
+function drawNotice(node, ctx) {
+  // above the title bar (wrapped to the node's width), so it covers none of the node's widgets or previews
+  if (!node.sencacheNotice) return;
+  ctx.save();
+  ctx.font = "12px sans-serif";
+  ctx.textAlign = "left";
+  ctx.textBaseline = "alphabetic";
+  ctx.fillStyle = NOTICE_COLOUR;
+  const width = Math.max(node.size[0], 320);
+  const lines = [];
+  let line = "⚠";
+  for (const word of String(node.sencacheNotice).split(/\s+/)) {
+    if (ctx.measureText(`${line} ${word}`).width > width && line) {
+      lines.push(line);
+      line = word;
+    } else {
+      line = `${line} ${word}`;
+    }
+  }
+  lines.push(line);
+  let y = -(globalThis.LiteGraph?.NODE_TITLE_HEIGHT ?? 30) - 6;
+  for (const l of lines.reverse()) {
+    ctx.fillText(l, 0, y);
+    y -= 15;
+  }
+  ctx.restore();
+}
+
 
 app.registerExtension({
   name: "SenCache.trace",
@@ -134,8 +181,36 @@ app.registerExtension({
         console.warn("SenCache: could not show the trace", err);
       }
     });
+    api.addEventListener(NOTICE, (e) => {
+      try {
+        showNotice(e.detail);
+      } catch (err) {
+        console.warn("SenCache: could not show the notice", err);
+      }
+    });
+    api.addEventListener("executing", (e) => {
+      // a node that runs again starts without its former notice
+      const id = e.detail?.display_node ?? e.detail?.node ?? e.detail;
+      const node = id == null ? null : findNode(id);
+      if (node?.sencacheNotice) {
+        node.sencacheNotice = null;
+        node.setDirtyCanvas?.(true, true);
+      }
+    });
   },
   async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (typeof nodeData?.name === "string" && nodeData.name.startsWith("SenCache")) {
+      const draw = nodeType.prototype.onDrawForeground;
+      nodeType.prototype.onDrawForeground = function (ctx, ...rest) {
+        const r = draw?.apply(this, [ctx, ...rest]);
+        try {
+          drawNotice(this, ctx);
+        } catch (err) {
+          console.warn("SenCache: notice drawing failed", err);
+        }
+        return r;
+      };
+    }
     if (nodeData?.name !== NODE_TYPE) return;
     const computeSize = nodeType.prototype.computeSize;
     nodeType.prototype.computeSize = function (...args) {
