@@ -135,6 +135,18 @@ def save_weights(ema_sd: dict, meta: dict, path: pathlib.Path):
     os.replace(tmp, path)
 
 
+def export_float16(src: pathlib.Path, dst: pathlib.Path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    with safe_open(str(src), "pt") as f:
+        meta = dict(f.metadata() or {})
+    meta["stored_dtype"] = "float16 (from the float32 EMA weights)"
+    tmp = dst.with_suffix(".tmp")
+    save_file({k: v.half().contiguous() for k, v in load_file(str(src)).items()}, str(tmp), metadata=meta)
+    os.replace(tmp, dst)
+    print(f"{src} -> {dst} ({dst.stat().st_size / 1e6:.1f} MB, float16)")
+
+
 SAMPLE_PROMPTS = ("red circle and blue square on green", "yellow triangle on purple", "white square on black",
                   "orange circle and cyan triangle on blue")
 SAMPLE_SETTINGS = (dict(sampler_name="uni_pc", shift=8.0, cfg=6.0),              # ComfyUI's Wan template
@@ -247,7 +259,13 @@ def main(argv=None):
     ap.add_argument("--layers", type=int, default=None, help="number of transformer blocks (default 4)")
     ap.add_argument("--samples", default=None, metavar="PNG",
                     help="do not train: load --weights via ComfyUI, sample, write a picture grid to PNG")
+    ap.add_argument("--export-float16", default=None, metavar="SAFETENSORS",
+                    help="do not train: write --weights (EMA, float32) in float16 to this file, metadata kept (half "
+                         "the size in the repository; ComfyUI computes in float32 on a CPU either way)")
     args = ap.parse_args(argv)
+    if args.export_float16:
+        export_float16(pathlib.Path(args.weights), pathlib.Path(args.export_float16))
+        return
     if args.samples:
         torch.set_num_threads(args.threads)
         write_sample_grid(args.weights, args.samples)

@@ -102,7 +102,7 @@ class SensitivityProfile:
         if n > 1 and not np.all(np.diff(self.sigmas) > 0):
             raise ProfileError("profile σ grid must be strictly increasing")
         # meaning, not only shape
-        lo, hi = float(self.sigmas[0]), float(self.sigmas[-1])
+        hi = float(self.sigmas[-1])
         if hi <= 0:
             raise ProfileError("profile σ grid holds only σ = 0, where no sampler evaluates the model: it covers no step")
         if hi > MAX_SIGMA:
