@@ -11,6 +11,8 @@ What start() prepares under base_dir (BASE), then runs from the ComfyUI folder (
   BASE/custom_nodes/ComfyUI-SenCache   link to this repository (the pack as users install it)
   BASE/custom_nodes/sencache_devkit    link to devkit/comfy_test_nodes (test-only nodes, e.g.
                                        SenCacheDevRandomConditioning: CONDITIONING without a text encoder)
+  BASE/custom_nodes/<name>             links to other packs named in `extra_nodes` (the compatibility tests;
+                                       their packages go on the server's PYTHONPATH through `pythonpath`)
   BASE/models/diffusion_models/*.safetensors   the tiny checkpoints named in `tiny` (devkit.tiny_models)
   BASE/models/sencache/                        profile files (write your own there before start or any time)
   BASE/user/default/comfy.settings.json        {"Comfy.TutorialCompleted": true} (no first-run dialog)
@@ -64,12 +66,16 @@ def write_tiny_models(names, folder: str | os.PathLike, python: str = sys.execut
 
 class ComfyServer:
     def __init__(self, base_dir: str | os.PathLike, port: int | None = None, tiny=("tiny_wan21_t2v",),
-                 extra_args=(), python: str = sys.executable):
+                 extra_args=(), python: str = sys.executable, extra_nodes: dict | None = None,
+                 pythonpath: tuple = (), env: dict | None = None):
         self.base = pathlib.Path(base_dir).resolve()
         self.port = port or free_port()
         self.tiny = tuple(tiny)
         self.extra_args = list(extra_args)
         self.python = python
+        self.extra_nodes = dict(extra_nodes or {})     # custom_nodes/<name> -> folder of another pack
+        self.pythonpath = tuple(str(p) for p in pythonpath)   # put before the inherited PYTHONPATH
+        self.env = dict(env or {})                             # more environment variables for the server
         self.proc: subprocess.Popen | None = None
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.base / "server.log"
@@ -80,7 +86,8 @@ class ComfyServer:
         b = self.base
         for sub in ("custom_nodes", "models/diffusion_models", "models/sencache", "input", "output", "temp", "user/default"):
             (b / sub).mkdir(parents=True, exist_ok=True)
-        for name, target in ((PACK_LINK, REPO), (TEST_NODES_LINK, REPO / "devkit" / "comfy_test_nodes")):
+        links = {PACK_LINK: REPO, TEST_NODES_LINK: REPO / "devkit" / "comfy_test_nodes", **self.extra_nodes}
+        for name, target in links.items():
             link = b / "custom_nodes" / name
             if not link.exists():
                 link.symlink_to(target, target_is_directory=True)
@@ -100,8 +107,10 @@ class ComfyServer:
         log = open(self.log_path, "ab")
         # One intra-op thread: tiny test models gain nothing from more, and on a shared 2-core machine
         # oversubscription made workflow runs several times slower (measured 5 min -> 47 s for the examples).
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         env.setdefault("OMP_NUM_THREADS", "1")
+        if self.pythonpath:
+            env["PYTHONPATH"] = os.pathsep.join([*self.pythonpath, *filter(None, [env.get("PYTHONPATH")])])
         self.proc = subprocess.Popen(cmd, cwd=host.comfyui_dir(), stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True, env=env)
         log.close()

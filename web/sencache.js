@@ -2,12 +2,14 @@
 //
 // The server sends "sencache.trace" after every sampling run (nodes/ui_events.py) with
 //   { node_id, prompt_id, computed, reused, total, speedup, speedup_kind, speedup_text, wall_seconds, model_seconds,
-//     interrupted, no_reuse_reason (optional), status (learn mode, optional), steps: [{ sigma, reuse, S, eps, reason }, ...] }
+//     interrupted, no_reuse_reason (optional), status (learn mode, optional), warning (optional: SenCache stood aside
+//     for another step cache, or never saw the model calls), steps: [{ sigma, reuse, S, eps, reason }, ...] }
 // This extension stores it on the matching node as `node.sencacheTrace`, draws a compact per-step strip at
 // the bottom of the node (one cell per model evaluation: blue = computed, green = reused; bar height = S/ε,
 // the dashed line is S = ε; a full pale bar = computed without a score, e.g. first/final step), and shows a
 // short toast with computed/total and the speed-up exactly as the server labels it (speedup_text: an estimate unless
-// measured against an uncached run), plus why nothing was reused when the server says so (no_reuse_reason).
+// measured against an uncached run), plus why nothing was reused when the server says so (no_reuse_reason); a
+// warning toast when the server sends a warning (another step cache on the model, or the model calls bypassed SenCache).
 // Several SenCache nodes in one graph (e.g. the two Wan 2.2 experts) each keep and draw their own run.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
@@ -56,6 +58,7 @@ function drawStrip(node, ctx) {
   // learn mode: status says which learned profile the run used, or (as no_reuse_reason) what a learning run learned
   const head = `SenCache: computed ${t.computed}/${t.total} · ` +
                (t.no_reuse_reason ? `nothing reused: ${t.no_reuse_reason}` : speedupText(t)) +
+               (t.warning && t.warning !== t.no_reuse_reason ? ` · ${t.warning}` : "") +
                (t.status && t.status !== t.no_reuse_reason ? ` · ${t.status}` : "") +
                (t.interrupted ? " · interrupted" : "");
   ctx.fillText(head, pad, top + 11, w - 2 * pad);
@@ -114,13 +117,14 @@ function showTrace(detail) {
   app.graph?.setDirtyCanvas?.(true, true);
   const who = node?.title ? `${node.title} (#${detail.node_id})` : `node #${detail.node_id}`;
   app.extensionManager?.toast?.add?.({
-    severity: detail.interrupted ? "warn" : "info",
+    severity: detail.interrupted || detail.warning ? "warn" : "info",
     summary: "SenCache",
     detail: `${who}: computed ${detail.computed}/${detail.total} model evaluations, ${speedupText(detail)}` +
             (detail.interrupted ? ", run interrupted" : "") +
             (detail.no_reuse_reason ? `. Nothing reused: ${detail.no_reuse_reason}` : "") +
+            (detail.warning && detail.warning !== detail.no_reuse_reason ? `. ${detail.warning}` : "") +
             (detail.status && detail.status !== detail.no_reuse_reason ? `. ${detail.status}` : ""),
-    life: detail.no_reuse_reason ? 12000 : 6000,
+    life: detail.warning ? 20000 : detail.no_reuse_reason ? 12000 : 6000,
   });
 }
 
