@@ -23,7 +23,7 @@ BEGIN = "<!-- works-with table: made by devkit/compat_table.py from results/comp
 END = "<!-- end of the works-with table -->"
 
 WORKS = "works"
-STANDS_ASIDE = "stands aside"
+STANDS_ASIDE = "SenCache stands aside"
 FAILS_ALONE = "fails without SenCache too"
 LEGEND = (f"**{WORKS}**: with SenCache in the chain, in learn mode and with a profile, the output at ε = 0 is "
           "bit-identical to the same graph without SenCache, and budget mode (2×) reuses evaluations. "
@@ -76,7 +76,8 @@ def render(folder: pathlib.Path = RESULTS) -> str:
     for row in rows.values():
         pack = row["pack"] + (f" ({row['commit']})" if row.get("commit") else "")
         cells = [row["results"].get(h, "not run") for h in hosts]
-        lines.append(f"| `{row['node']}` | {pack} | " + " | ".join(cells) + f" | {row.get('note', '')} |")
+        node = f"`{row['node']}`" + (f" {row['where']}" if row.get("where") else "")
+        lines.append(f"| {node} | {pack} | " + " | ".join(cells) + f" | {row.get('note', '')} |")
     return "\n".join(lines + ["", LEGEND, END])
 
 
