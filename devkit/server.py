@@ -67,7 +67,7 @@ def write_tiny_models(names, folder: str | os.PathLike, python: str = sys.execut
 class ComfyServer:
     def __init__(self, base_dir: str | os.PathLike, port: int | None = None, tiny=("tiny_wan21_t2v",),
                  extra_args=(), python: str = sys.executable, extra_nodes: dict | None = None,
-                 pythonpath: tuple = (), env: dict | None = None):
+                 pythonpath: tuple = ()):
         self.base = pathlib.Path(base_dir).resolve()
         self.port = port or free_port()
         self.tiny = tuple(tiny)
@@ -75,7 +75,6 @@ class ComfyServer:
         self.python = python
         self.extra_nodes = dict(extra_nodes or {})     # custom_nodes/<name> -> folder of another pack
         self.pythonpath = tuple(str(p) for p in pythonpath)   # put before the inherited PYTHONPATH
-        self.env = dict(env or {})                             # more environment variables for the server
         self.proc: subprocess.Popen | None = None
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.base / "server.log"
@@ -107,7 +106,7 @@ class ComfyServer:
         log = open(self.log_path, "ab")
         # One intra-op thread: tiny test models gain nothing from more, and on a shared 2-core machine
         # oversubscription made workflow runs several times slower (measured 5 min -> 47 s for the examples).
-        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
         env.setdefault("OMP_NUM_THREADS", "1")
         if self.pythonpath:
             env["PYTHONPATH"] = os.pathsep.join([*self.pythonpath, *filter(None, [env.get("PYTHONPATH")])])

@@ -4,7 +4,8 @@ without their archives, the ComfyUI core ones still run).
 
 One server per host for every case. Each case is a small graph on the demo model (demo_model/weights, a tiny Wan 2.1
 T2V): UNETLoader -> ModelSamplingSD3 -> [the case's nodes before SenCache] -> SenCache -> [the case's nodes after]
--> KSampler (uni_pc, 8 steps, cfg 6, a 64x64x5 latent) -> SaveLatent. Protocols, by what the case should show:
+-> KSampler (uni_pc, 8 steps, cfg 6, a 64x64x5 latent) -> SaveLatent; the server runs with PyTorch's attention
+(SERVER_ARGS says why). Protocols, by what the case should show:
   works         with SenCache in learn mode at ε = 0 (the learning run, first) and with the demo profile at ε = 0 the
                 latent is bit-identical to the graph without SenCache; budget mode (2x) reuses evaluations with the
                 profile learned by that learning run and with the demo profile.
@@ -13,8 +14,10 @@ T2V): UNETLoader -> ModelSamplingSD3 -> [the case's nodes before SenCache] -> Se
                 computes every evaluation, says which node it stood aside for (log line and trace event) and stores
                 no learned profile.
   fails alone   the node fails without SenCache too: the same error with SenCache in the chain, and no other.
-Each case's observations become a row of results (test-artifacts/compat/<host>.json); the last test checks them
-against results/compat/<host>.json, from which devkit.compat_table makes the README's "Works with" table.
+Each case's observations give its result (devkit.compat_table.verdict) and a row of this host's results
+(test-artifacts/compat/comfyui-<version>.json); the last test checks them against the committed
+results/compat/comfyui-<version>.json, from which devkit.compat_table makes the README's "Works with" table.
+A browser test checks the stacked-cache warning on the node and in the toast.
 """
 from __future__ import annotations
 
@@ -43,8 +46,6 @@ PACKS_READY, PACKS_WHY = packs.available()
 # memory inside the compiled graph, so torch.compile recompiles it on every call until dynamo's recompile limit and
 # a compiled model's output then changes from run to run, with or without SenCache.
 SERVER_ARGS = ("--use-pytorch-cross-attention",)
-# inductor's kernels, kept between runs (a first run on a machine compiles them: minutes on two CPU cores)
-COMPILE_CACHE = REPO / ".dev" / "torch-compile-cache"
 LATENT = {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 64, "height": 64, "length": 5, "batch_size": 1}}
 PROMPT, NEGATIVE, LATENT_ID = "3", "4", "5"
 
@@ -136,7 +137,7 @@ def server(tmp_path_factory):
         packs.make_gguf(DEMO, dm / GGUF_NAME)
     srv = ComfyServer(base, tiny=(), extra_nodes={n: p.path for n, p in packs.PACKS.items() if PACKS_READY},
                       pythonpath=(packs.SITE,) if PACKS_READY else (),
-                      extra_args=SERVER_ARGS, env={"TORCHINDUCTOR_CACHE_DIR": str(COMPILE_CACHE)})
+                      extra_args=SERVER_ARGS)
     mp = pytest.MonkeyPatch()
     mp.setenv("OMP_NUM_THREADS", "1")
     try:
