@@ -12,6 +12,8 @@ What start() prepares under base_dir (BASE), then runs from the ComfyUI folder (
   BASE/custom_nodes/ComfyUI-SenCache   link to this repository (the pack as users install it)
   BASE/custom_nodes/sencache_devkit    link to devkit/comfy_test_nodes (test-only nodes, e.g.
                                        SenCacheDevRandomConditioning: CONDITIONING without a text encoder)
+  BASE/custom_nodes/<name>             links to other packs named in `extra_nodes` (the compatibility tests;
+                                       their packages go on the server's PYTHONPATH through `pythonpath`)
   BASE/models/diffusion_models/*.safetensors   the tiny checkpoints named in `tiny` (devkit.tiny_models)
   BASE/models/sencache/                        profile files (write your own there before start or any time)
   BASE/user/default/comfy.settings.json        {"Comfy.TutorialCompleted": true} (no first-run dialog)
@@ -65,7 +67,8 @@ def write_tiny_models(names, folder: str | os.PathLike, python: str = sys.execut
 
 class ComfyServer:
     def __init__(self, base_dir: str | os.PathLike, port: int | None = None, tiny=("tiny_wan21_t2v",),
-                 extra_args=(), python: str = sys.executable, wrap=()):
+                 extra_args=(), python: str = sys.executable, wrap=(), extra_nodes: dict | None = None,
+                 pythonpath: tuple = ()):
         """wrap: a command the server command is appended to (e.g. `unshare -m sh -c '... exec "$@"' sh` to give it
         its own mounts); it must exec the server in the end."""
         self.base = pathlib.Path(base_dir).resolve()
@@ -74,6 +77,8 @@ class ComfyServer:
         self.extra_args = list(extra_args)
         self.python = python
         self.wrap = list(wrap)
+        self.extra_nodes = dict(extra_nodes or {})     # custom_nodes/<name> -> folder of another pack
+        self.pythonpath = tuple(str(p) for p in pythonpath)   # put before the inherited PYTHONPATH
         self.proc: subprocess.Popen | None = None
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.base / "server.log"
@@ -84,7 +89,8 @@ class ComfyServer:
         b = self.base
         for sub in ("custom_nodes", "models/diffusion_models", "models/sencache", "input", "output", "temp", "user/default"):
             (b / sub).mkdir(parents=True, exist_ok=True)
-        for name, target in ((PACK_LINK, REPO), (TEST_NODES_LINK, REPO / "devkit" / "comfy_test_nodes")):
+        links = {PACK_LINK: REPO, TEST_NODES_LINK: REPO / "devkit" / "comfy_test_nodes", **self.extra_nodes}
+        for name, target in links.items():
             link = b / "custom_nodes" / name
             if not link.exists():
                 link.symlink_to(target, target_is_directory=True)
@@ -106,6 +112,8 @@ class ComfyServer:
         # oversubscription made workflow runs several times slower (measured 5 min -> 47 s for the examples).
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env.setdefault("OMP_NUM_THREADS", "1")
+        if self.pythonpath:
+            env["PYTHONPATH"] = os.pathsep.join([*self.pythonpath, *filter(None, [env.get("PYTHONPATH")])])
         self.proc = subprocess.Popen(cmd, cwd=host.comfyui_dir(), stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True, env=env)
         log.close()

@@ -327,6 +327,9 @@ class ProfileLearner:
     def publish(self, holder, trace) -> None:
         """Publisher (the first of the holder's): after a learning run, fit and save; the status goes into the
         trace for the publishers after it (log line, UI event) and the Visualizer."""
+        if trace.config.get("other_cache"):    # another step cache answered model calls: never learn from such a run
+            self.recorders = self.calibration = None
+            self.status = "learned nothing from this run (another step cache is on the model)"
         if not self.learning:
             trace.config["profile_status"] = self.status
             return

@@ -36,6 +36,7 @@ _REASON_TEXT = {
     "max_consecutive": "max_consecutive_reuse (K) is 0",
     "protected": "reuse_start_percent / reuse_end_percent exclude these steps",
     "cache_invalid": "the cached output did not fit (shape, device or non-finite values)",
+    "other_step_cache": "another step cache is on this model (SenCache left every step to the model)",
 }
 
 
@@ -61,6 +62,13 @@ def no_reuse_reason(trace: RunTrace) -> str | None:
     return text + " [" + ", ".join(f"{k} {v}" for k, v in reasons.most_common()) + "]"
 
 
+def warning(trace: RunTrace) -> str | None:
+    """What the user must know about the run besides its numbers: SenCache stood aside for another step cache, or
+    never saw the run's model calls (nodes/step_caches.py); None otherwise."""
+    c = trace.config or {}
+    return c.get("other_cache") or c.get("bypassed")
+
+
 def _finite(v):
     """JSON-safe number: None for None/NaN/inf (browsers' JSON.parse rejects NaN and Infinity)."""
     if v is None:
@@ -84,6 +92,7 @@ def compact(trace: RunTrace, node_id=None) -> dict:
         "interrupted": bool(trace.interrupted), "no_reuse_reason": no_reuse_reason(trace),
         "status": (trace.config or {}).get("profile_status"),
         "problem": (trace.config or {}).get("profile_problem"),
+        "warning": warning(trace),
         "settings": {k: _finite(trace.config.get(k)) if k != "max_consecutive" else trace.config.get(k)
                      for k in ("eps_start", "eps_main", "max_consecutive")},
         "steps": [{"sigma": _finite(s.sigma), "reuse": bool(s.reuse), "S": _finite(s.score), "eps": _finite(s.eps),
@@ -108,6 +117,9 @@ def summary_line(trace: RunTrace) -> str:
     why = no_reuse_reason(trace)
     if why:
         parts.append(f"nothing reused: {why}")
+    warn = warning(trace)
+    if warn and warn != why:
+        parts.append(f"warning: {warn}")
     if trace.interrupted:
         parts.append("INTERRUPTED")
     return "SenCache: " + "; ".join(parts)

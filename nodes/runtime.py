@@ -5,6 +5,9 @@ OUTER_SAMPLE   : plans the run (sencache_core.planning) and makes a fresh RunSta
 CALC_COND_BATCH: marks the start of one model evaluation (one sampler call, all conds).
 DIFFUSION_MODEL: the first call of an evaluation asks the policy (sencache_core) once; every cond of that
                  evaluation follows the decision — batched or in separate calls.
+Another step cache on the same model (nodes/step_caches.py: noticed at the start of the run by how it attaches, or
+during the run when a call SenCache let through never reached the model): the run stands aside (RunState.stand_aside,
+the one place that decides it): every model call from then on is left to the model, and the trace says why.
 
 Where things live. The SenCacheHolder is a ModelPatcher attachment and is bound into the wrappers, both of which
 every clone of the patched model shares as they are (whatever a host's clone() does to model_options); the
@@ -34,6 +37,7 @@ from ..sencache_core.norms import rms_diff_tensor
 from ..sencache_core.planning import PlanSettings, RunPlan, plan_run
 from ..sencache_core.policy import OUT_OF_PROFILE
 from ..sencache_core.reuse import extrapolate
+from . import step_caches
 
 log = logging.getLogger("SenCache")
 KEY = "sencache"            # wrapper key and attachment key of the holder
@@ -160,7 +164,10 @@ class RunState:
       reused_output(stream, keys, sigma, parts) -> parts what a reused evaluation returns;
       store_computed(call, x_parts, out_parts)           refresh the cache from a computed call;
       keeps_previous(stream) -> bool                     whether the outputs before the cached ones are kept.
-    `plan` (a sencache_core RunPlan), `trace`, `streams` and `mode` are public."""
+    `plan` (a sencache_core RunPlan), `trace`, `streams` and `mode` are public. `stood_aside` (None, or why) is set by
+    stand_aside; from then on every call goes through pass_through, not model_call."""
+    stood_aside: str | None = None
+    probe: step_caches.Probe | None = None     # the run's innermost DIFFUSION_MODEL wrapper (outer_sample_wrapper)
 
     def __init__(self, holder: SenCacheHolder, model_sampling, sample_sigmas: torch.Tensor):
         self.holder = holder
@@ -359,6 +366,64 @@ class RunState:
                     return False
         return True
 
+    # ---- another step cache on the model ----------------------------------------------------------------
+    def stand_aside(self, why: str) -> None:
+        """What SenCache does when another step cache is on the model: from now on every model call is left to the
+        model (nothing reused, nothing cached), the run's trace says why (the learner then stores nothing from it),
+        and the log says so once."""
+        if self.stood_aside is not None:
+            return
+        self.stood_aside = why
+        self.trace.config["other_cache"] = why
+        if not self.trace.reused:
+            self.trace.config["no_reuse_reason"] = why
+        self.trace.warnings.append(why)
+        log.warning("SenCache: %s", why)
+
+    def pass_through(self, executor, args, kwargs, to: dict):
+        """A model call after stand_aside: run as it is, recorded as computed."""
+        record, clock = self._pass_record(args[0], to)
+        out = executor(*args, **kwargs)
+        self._clock_stop(record, clock)
+        return out
+
+    @torch.compiler.disable
+    def _pass_record(self, x, to: dict):
+        keys = list(to.get("uuids") or [None])
+        cou = list(to.get("cond_or_uncond") or [])
+        names = [("uncond" if c == 1 else "cond") if c in (0, 1) else str(u)
+                 for u, c in zip(keys, cou + [None] * (len(keys) - len(cou)))]
+        wkey = self._window_key(to)
+        passed = self.__dict__.setdefault("_passed", {})      # window key -> (eval id, record, conds served)
+        cur = passed.get(wkey)
+        if cur is None or cur[0] != self.eval_id or any(k in cur[2] for k in keys):
+            record = StepRecord(len(self.trace.steps), float(to["sigmas"].detach().flatten()[0]), False,
+                                step_caches.OTHER_CACHE, None, 0.0, None, None,
+                                window=None if wkey is None else [wkey[0], wkey[-1]])
+            self.trace.steps.append(record)
+            cur = passed[wkey] = (self.eval_id, record, set())
+        cur[2].update(keys)
+        cur[1].computed_conds.extend(names)
+        return cur[1], self._clock_start(as_parts(x)[0][0])
+
+    def bypassed(self, why: str) -> None:
+        """The run's model evaluations never reached SenCache's model wrapper: say so (log, trace, node, toast)."""
+        self.trace.config["bypassed"] = why
+        self.trace.config["no_reuse_reason"] = why
+        self.trace.warnings.append(why)
+        log.warning("SenCache: %s", why)
+
+    @torch.compiler.disable
+    def sender(self, executor) -> step_caches.Sent:
+        """The executor model_call gets: it counts the calls sent on, to compare with the probe's count after."""
+        return step_caches.Sent(executor, self.probe)
+
+    @torch.compiler.disable
+    def after_model_call(self, sent: step_caches.Sent) -> None:
+        """After model_call: a call it sent on that did not reach the model was answered by another step cache."""
+        if sent.unanswered_by_model():
+            self.stand_aside(step_caches.UNKNOWN_MESSAGE)
+
     # ---- timing ---------------------------------------------------------------------------------------------
     def _clock_start(self, x: torch.Tensor):
         """Start timing a model call without stalling the GPU: CUDA events are resolved once, at the end of the run."""
@@ -393,6 +458,25 @@ class RunState:
         self.streams.clear()
 
 
+class StandAsideRun(RunState):
+    """A sampling run on a model that carries another step cache from the start (step_caches.attached): no plan,
+    no profile needed; every model call is left to the model (RunState.pass_through)."""
+
+    def __init__(self, holder: SenCacheHolder, sample_sigmas: torch.Tensor, why: str):
+        self.holder = holder
+        self.plan = None
+        self.trace = RunTrace(config={**holder.settings.__dict__, "node_id": holder.node_id, "budget": None,
+                                      "eps_main": None, "eps_start": None, "max_consecutive": None,
+                                      "sample_sigmas": [float(s) for s in sample_sigmas.flatten().tolist()],
+                                      "profile_range": None, "no_reuse_reason": None})
+        self.channels = holder.latent_channels
+        self.mode = holder.settings.reuse_mode
+        self.streams: dict = {}
+        self.eval_id = 0
+        self._cuda_timings: list = []
+        self.stand_aside(why)
+
+
 # ---- wrappers -----------------------------------------------------------------------------------------
 def find_transformer_options(args, kwargs) -> dict | None:
     """As core EasyCache does: the last positional dict, else the kwarg (Wan/LTXV: args[5]; CogVideoX: args[4])."""
@@ -419,12 +503,19 @@ def outer_sample_wrapper(holder: SenCacheHolder, executor, *args, **kwargs):
     try:
         guider.model_options = comfy.model_patcher.create_model_options_clone(orig_model_options)
         to = guider.model_options.setdefault("transformer_options", {})
-        if holder.run_setup is not None:
-            holder.run_setup(holder, guider, args)
-        run = holder.run_class(holder, guider.model_patcher.model.model_sampling, args[3])
+        others = step_caches.attached(to)
+        if others:
+            run = StandAsideRun(holder, args[3], step_caches.stacked_message(others))
+        else:
+            if holder.run_setup is not None:
+                holder.run_setup(holder, guider, args)
+            run = holder.run_class(holder, guider.model_patcher.model.model_sampling, args[3])
+        run.probe = step_caches.add_probe(guider.model_options)
         to[RUN_KEY] = run
         out = executor(*args, **kwargs)
         interrupted = False
+        if run.eval_id and not run.trace.steps:
+            run.bypassed(step_caches.bypass_message(guider.model_options, run.eval_id))
         return out
     finally:
         guider.model_options = orig_model_options
@@ -450,7 +541,12 @@ def diffusion_model_wrapper(executor, *args, **kwargs):
     run: RunState | None = to.get(RUN_KEY) if to else None
     if run is None or to.get("sigmas") is None:
         return executor(*args, **kwargs)
-    return run.model_call(executor, args, kwargs, to)
+    if run.stood_aside is not None:
+        return run.pass_through(executor, args, kwargs, to)
+    sent = run.sender(executor)
+    out = run.model_call(sent, args, kwargs, to)
+    run.after_model_call(sent)
+    return out
 
 
 def attach(model, holder: SenCacheHolder):

@@ -11,7 +11,9 @@ Payload (JSON): nodes.plotting.compact(trace, node_id) plus "prompt_id":
   node_id (the SenCache node's unique_id), computed, reused, total, speedup, speedup_kind, speedup_text (the
   label to show, nodes/speedup.py), wall_seconds, model_seconds, interrupted, no_reuse_reason (None unless the run
   reused nothing), status (learn mode: what the profile is doing, else None), problem (learn mode: why the learned
-  profile could not be stored, else None), settings (ε and K in effect), steps: [{sigma, reuse, S, eps, reason}, ...].
+  profile could not be stored, else None), warning (SenCache stood aside for another step cache on the model, or
+  never saw the run's model calls: nodes/step_caches.py; else None), settings (ε and K in effect),
+  steps: [{sigma, reuse, S, eps, reason}, ...].
 
 notify: a "sencache.notice" event {node_id, prompt_id, severity, text} for a problem of the node running now that
 has no trace (the Sensitivity Calibrator's failed save_as).

@@ -7,6 +7,9 @@
 #                          file exists (hash-verified; SENCACHE_HOSTS_DIR overrides the folder)
 #   .dev/site-0.18.1       the packages 0.18.1 needs beyond the venv (pip --target, pinned, no dependencies);
 #                          the 0.18.1 test leg puts it first on PYTHONPATH (scripts/test.sh)
+#   .dev/ecosystem/        ComfyUI-GGUF and ComfyUI-KJNodes from ../shared/ecosystem (hash-verified) and
+#   .dev/site-ecosystem    their PyPI packages, for the compatibility tests only (SENCACHE_ECOSYSTEM_DIR overrides
+#                          the folder; without the archives those tests are skipped)
 # SENCACHE_COMFYUI=/path/to/ComfyUI uses an existing ComfyUI checkout instead of the extracted 0.3.75.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -113,5 +116,77 @@ if [ -f "$TAR_0181" ]; then
   fi
 else
   say "ComfyUI 0.18.1 not set up: $TAR_0181 not found (the 0.18.1 test leg will be skipped)"
+fi
+
+# ---- other packs, for the compatibility tests only (where their archives are at hand) ------------------------
+# ComfyUI-GGUF and ComfyUI-KJNodes (git archives named <pack>-<commit>.tar.gz) are extracted, hash-verified, into
+# .dev/ecosystem/<pack>; their PyPI dependencies go into .dev/site-ecosystem (pip --target, pinned, no dependencies:
+# only what the venv lacks), which tests/test_compat.py puts on its server's PYTHONPATH. Never shipped.
+ECO_DIR="${SENCACHE_ECOSYSTEM_DIR:-$ROOT/../shared/ecosystem}"
+ECO="$DEV/ecosystem"
+SITE_ECO="$DEV/site-ecosystem"
+ECO_ARCHIVES="ComfyUI-GGUF-795e451 9fdfa050c2ebb8e8cf9ef50eb9844ecd9bdf410b247a4518bcb1924b7e8ca056
+ComfyUI-KJNodes-3f20054 717abbb13664e4b25894992d1e9174f51f1d8920320d935c04a9bf0710b90597"
+PKGS_ECO="gguf==0.19.0 color-matcher==0.6.0 mss==10.2.0 opencv-python-headless==5.1.0.95 imageio==2.38.2
+docutils==0.23.1 ddt==1.7.2"
+eco_found=0
+while read -r stem sha; do
+  tarball="$ECO_DIR/$stem.tar.gz"
+  pack="${stem%-*}"
+  if [ ! -f "$tarball" ]; then
+    say "$pack not set up: $tarball not found (the compatibility tests will be skipped)"
+    continue
+  fi
+  eco_found=1
+  if [ "$(cat "$ECO/$pack/.sencache-archive" 2>/dev/null)" = "$stem $sha" ]; then
+    say "$pack present: $ECO/$pack"
+    continue
+  fi
+  [ "$(sha256sum "$tarball" | cut -d' ' -f1)" = "$sha" ] \
+    || { echo "[setup] $tarball: sha256 differs from $sha; refusing to use it" >&2; exit 1; }
+  mkdir -p "$ECO"
+  tmp="$(mktemp -d "$ECO/.extract.XXXXXX")"
+  tar xzf "$tarball" -C "$tmp"
+  [ -d "$tmp/$pack" ] || { echo "[setup] $tarball holds no $pack/ folder" >&2; rm -rf "$tmp"; exit 1; }
+  echo "$stem $sha" > "$tmp/$pack/.sencache-archive"
+  rm -rf "${ECO:?}/$pack"
+  mv "$tmp/$pack" "$ECO/$pack"
+  rm -rf "$tmp"
+  say "$pack extracted from $tarball"
+done <<< "$ECO_ARCHIVES"
+if [ "$eco_found" = 1 ]; then
+  eco_want="$(echo "$PKGS_ECO" | sha256sum | cut -d' ' -f1)"
+  if [ "$(cat "$SITE_ECO/.sencache-stamp" 2>/dev/null)" = "$eco_want" ]; then
+    say "the packs' packages present: $SITE_ECO"
+  else
+    say "installing the packs' packages into $SITE_ECO (pip --target, no dependencies)"
+    rm -rf "$SITE_ECO"
+    # shellcheck disable=SC2086
+    "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --target "$SITE_ECO" $PKGS_ECO 2>&1 \
+      | grep -v "is ignored\|Target directory" || true
+    # never shadow the host: drop every distribution the venv already has, and stray top-level test folders
+    "$VENV/bin/python" - "$SITE_ECO" <<'PYEOF'
+import pathlib, shutil, sys
+from importlib.metadata import PackageNotFoundError, distribution
+site = pathlib.Path(sys.argv[1])
+shutil.rmtree(site / "tests", ignore_errors=True)
+for info in site.glob("*.dist-info"):
+    name = info.name.split("-")[0]
+    try:
+        distribution(name)
+    except PackageNotFoundError:
+        continue
+    for line in (info / "RECORD").read_text().splitlines():
+        p = site / line.split(",")[0]
+        if p.is_file():
+            p.unlink()
+    shutil.rmtree(info, ignore_errors=True)
+    print(f"[setup] dropped {name} from {site}: the venv has it")
+PYEOF
+    PYTHONPATH="$SITE_ECO" "$VENV/bin/python" -c "import gguf, color_matcher, mss, cv2" \
+      || { echo "[setup] the packs' packages did not install into $SITE_ECO" >&2; exit 1; }
+    echo "$eco_want" > "$SITE_ECO/.sencache-stamp"
+    say "the packs' packages ready"
+  fi
 fi
 say "done"

@@ -3,12 +3,14 @@
 // The server sends "sencache.trace" after every sampling run (nodes/ui_events.py) with
 //   { node_id, prompt_id, computed, reused, total, speedup, speedup_kind, speedup_text, wall_seconds, model_seconds,
 //     interrupted, no_reuse_reason (optional), status (learn mode, optional), problem (learn mode: the learned profile
-//     could not be stored, optional), steps: [{ sigma, reuse, S, eps, reason }, ...] }
+//     could not be stored, optional), warning (optional: SenCache stood aside for another step cache, or never saw the
+//     model calls), steps: [{ sigma, reuse, S, eps, reason }, ...] }
 // This extension stores it on the matching node as `node.sencacheTrace`, draws a compact per-step strip at
 // the bottom of the node (one cell per model evaluation: blue = computed, green = reused; bar height = S/ε,
 // the dashed line is S = ε; a full pale bar = computed without a score, e.g. first/final step), and shows a
 // short toast with computed/total and the speed-up exactly as the server labels it (speedup_text: an estimate unless
-// measured against an uncached run), plus why nothing was reused when the server says so (no_reuse_reason).
+// measured against an uncached run), plus why nothing was reused when the server says so (no_reuse_reason); a
+// warning toast when the server sends a warning (another step cache on the model, or the model calls bypassed SenCache).
 // Several SenCache nodes in one graph (e.g. the two Wan 2.2 experts) each keep and draw their own run.
 // "sencache.notice" { node_id, prompt_id, severity, text } is a problem of a node that has no trace (the Calibrator's
 // failed save_as): a toast, and the text drawn above that node's title until the node runs again.
@@ -61,6 +63,7 @@ function drawStrip(node, ctx) {
   // learn mode: status says which learned profile the run used, or (as no_reuse_reason) what a learning run learned
   const head = `SenCache: computed ${t.computed}/${t.total} · ` +
                (t.no_reuse_reason ? `nothing reused: ${t.no_reuse_reason}` : speedupText(t)) +
+               (t.warning && t.warning !== t.no_reuse_reason ? ` · ${t.warning}` : "") +
                (t.status && t.status !== t.no_reuse_reason ? ` · ${t.status}` : "") +
                (t.interrupted ? " · interrupted" : "");
   ctx.fillText(head, pad, top + 11, w - 2 * pad);
@@ -119,14 +122,15 @@ function showTrace(detail) {
   app.graph?.setDirtyCanvas?.(true, true);
   const who = node?.title ? `${node.title} (#${detail.node_id})` : `node #${detail.node_id}`;
   app.extensionManager?.toast?.add?.({
-    severity: detail.interrupted || detail.problem ? "warn" : "info",
+    severity: detail.interrupted || detail.problem || detail.warning ? "warn" : "info",
     summary: "SenCache",
     detail: `${who}: computed ${detail.computed}/${detail.total} model evaluations, ${speedupText(detail)}` +
             (detail.interrupted ? ", run interrupted" : "") +
             (detail.problem ? `. ${detail.problem}` :
              (detail.no_reuse_reason ? `. Nothing reused: ${detail.no_reuse_reason}` : "") +
+             (detail.warning && detail.warning !== detail.no_reuse_reason ? `. ${detail.warning}` : "") +
              (detail.status && detail.status !== detail.no_reuse_reason ? `. ${detail.status}` : "")),
-    life: detail.problem ? 20000 : detail.no_reuse_reason ? 12000 : 6000,
+    life: detail.problem || detail.warning ? 20000 : detail.no_reuse_reason ? 12000 : 6000,
   });
 }
 
