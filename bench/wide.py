@@ -56,7 +56,7 @@ def psnrs(d: dict, method: str, B) -> list:
     out = []
     for r in d["results"]:
         o = r["methods"].get(method, {}).get(str(B))
-        out.append(min(o["psnr"], PSNR_CAP) if o and o.get("matched") else None)
+        out.append(min(float(o["psnr"]), PSNR_CAP) if o and o.get("matched") else None)   # "inf": identical
     return out
 
 

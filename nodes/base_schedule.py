@@ -37,3 +37,8 @@ def shifted_schedules(model, scheduler: str, denoise: float = 1.0):
         other.set_parameters(shift=float(shift), multiplier=ms.multiplier)
         return _sigmas(other, scheduler, steps, denoise).tolist()
     return at
+
+
+def discards_penultimate(sampler_name: str | None) -> bool:
+    """Whether KSampler runs this sampler on a schedule of one step more with its penultimate σ dropped."""
+    return sampler_name in comfy.samplers.KSampler.DISCARD_PENULTIMATE_SIGMA_SAMPLERS

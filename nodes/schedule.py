@@ -16,7 +16,7 @@ from ..sencache_core import schedule as plan
 from ..sencache_core import tuning as tuning_records
 from .model_info import model_facts
 from .profiles import check_profile
-from .base_schedule import base_sigmas, shifted_schedules
+from .base_schedule import base_sigmas, discards_penultimate, shifted_schedules
 
 log = logging.getLogger("SenCache")
 
@@ -64,8 +64,8 @@ def planned_sigmas(model, profile, steps: int, scheduler: str, base_steps: int, 
             if plan.shift_of(name) is not None and shifted is None:
                 raise ProfileError(f"SenCache Schedule: the profile's tuned schedule is {name!r}, but this model has no "
                                    "shift (its sampling is not a flow model's); use spacing 'scheduler × profile'")
-            sig = plan.schedule_for(profile, name, steps, base.tolist(),
-                                    (lambda s: shifted(s, steps)) if shifted else None)
+            sig = plan.schedule_for(profile, name, steps, base.tolist(), shifted,
+                                    discards_penultimate(tuning.get("sampler")))
         else:
             sig = plan.plan_from_base(profile, steps, base.tolist(), plan.SCHEDULER_X_PROFILE)
     else:

@@ -20,7 +20,7 @@ from ..sencache_core import schedule as sched
 from ..sencache_core import tuning as T
 from ..sencache_core.norms import rms
 from .apply import apply_sencache
-from .base_schedule import base_sigmas, model_shift, shifted_schedules
+from .base_schedule import base_sigmas, discards_penultimate, model_shift, shifted_schedules
 from .runtime import NODE_DEFAULTS, SenCacheSettings
 
 
@@ -56,14 +56,15 @@ def tune_schedules(model, positive, negative, latent_image, samples: list[Calibr
     held_out = [_other_runs_profile(samples, i, metadata, profile) for i in range(len(samples))]
     record = {"version": T.VERSION, "sampler": sampler_name, "scheduler": scheduler, "steps": steps,
               "samples": len(samples), "fractions": {}}
+    discard = discards_penultimate(sampler_name)
     for key, b in fracs.items():
-        at_b = (lambda s, b=b: shifted(s, b)) if shifted else None
         errors: dict = {}
         caching, computed = [], []
         for i, smp in enumerate(samples):
             scale = float(rms(smp.reference.float()))
-            cands = sched.candidate_schedules(profile, b, base, at_b, shifts)
-            cands[sched.PROFILE_CANDIDATE] = sched.plan_on_base(held_out[i], b, base)
+            cands = sched.candidate_schedules(profile, b, base, shifted, shifts, discard)
+            cands[sched.PROFILE_CANDIDATE] = sched.schedule_for(held_out[i], sched.PROFILE_CANDIDATE, b, base,
+                                                                discard_penultimate=discard)
             for name, sig in cands.items():
                 out = comfy.sample.sample(model, smp.noise, b, cfg, sampler_name, scheduler, positive, negative,
                                           latent_image, sigmas=torch.tensor(sig, dtype=torch.float32), seed=smp.seed,

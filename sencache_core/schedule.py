@@ -195,17 +195,27 @@ def warp_on_base(steps: int, base_sigmas, warp: float) -> list[float]:
     return [float(v) for v in pts] + [0.0]
 
 
+def drop_penultimate(sigmas: list[float]) -> list[float]:
+    """σ_0, …, σ_{n−2}, σ_n: the schedule with its penultimate σ removed, as ComfyUI's KSampler runs samplers such as
+    uni_pc and dpm_2 (it asks the scheduler for one step more and drops that σ: the last step lands on 0 from further
+    up)."""
+    return list(sigmas[:-2]) + list(sigmas[-1:]) if len(sigmas) > 2 else list(sigmas)
+
+
 def candidate_schedules(profile: SensitivityProfile, steps: int, base_sigmas, shifted=None,
-                        shifts=SHIFT_CANDIDATES) -> dict:
-    """{candidate name: σ list} for `steps` real steps: with `shifted` (a function shift -> σ list at `steps` steps,
-    from the host's scheduler; models with a shift), the scheduler at every shift of `shifts`; otherwise every
-    warp of the base schedule; and the profile's plan on the base schedule."""
+                        shifts=SHIFT_CANDIDATES, discard_penultimate: bool = False) -> dict:
+    """{candidate name: σ list} for `steps` real steps: with `shifted` (a function (shift, steps) -> σ list, from the
+    host's scheduler; models with a shift), the scheduler at every shift of `shifts`; otherwise every warp of the
+    base schedule; and the profile's plan on the base schedule. discard_penultimate: every candidate is made with one
+    step more and its penultimate σ dropped, as KSampler does for the sampler in use (so "shift 3" is exactly what
+    KSampler gives after ModelSamplingSD3 with shift 3)."""
+    n = steps + 1 if discard_penultimate else steps
     if shifted is not None:
-        out = {shift_name(s): [float(v) for v in shifted(s)] for s in shifts}
+        out = {shift_name(s): [float(v) for v in shifted(s, n)] for s in shifts}
     else:
-        out = {warp_name(w): warp_on_base(steps, base_sigmas, w) for w in WARPS}
-    out[PROFILE_CANDIDATE] = plan_on_base(profile, steps, base_sigmas)
-    return out
+        out = {warp_name(w): warp_on_base(n, base_sigmas, w) for w in WARPS}
+    out[PROFILE_CANDIDATE] = plan_on_base(profile, n, base_sigmas)
+    return {k: drop_penultimate(v) for k, v in out.items()} if discard_penultimate else out
 
 
 def calibrated_candidate(profile: SensitivityProfile, steps: int, base_steps: int) -> str | None:
@@ -219,15 +229,19 @@ def calibrated_candidate(profile: SensitivityProfile, steps: int, base_steps: in
     return best[key][0]
 
 
-def schedule_for(profile: SensitivityProfile, name: str, steps: int, base_sigmas, shifted=None) -> list[float]:
-    """The σ list of a candidate by name (shift_name(s), warp_name(w) or PROFILE_CANDIDATE); "shift X" needs
-    `shifted` (shift -> σ list at `steps` steps, from the host)."""
+def schedule_for(profile: SensitivityProfile, name: str, steps: int, base_sigmas, shifted=None,
+                 discard_penultimate: bool = False) -> list[float]:
+    """The σ list of a candidate by name (shift_name(s), warp_name(w) or PROFILE_CANDIDATE), made as
+    candidate_schedules makes it; "shift X" needs `shifted` ((shift, steps) -> σ list, from the host)."""
+    n = steps + 1 if discard_penultimate else steps
     if name == PROFILE_CANDIDATE:
-        return plan_on_base(profile, steps, base_sigmas)
-    if name.startswith("warp "):
-        return warp_on_base(steps, base_sigmas, float(name.split(" ", 1)[1]))
-    if shift_of(name) is not None:
+        out = plan_on_base(profile, n, base_sigmas)
+    elif name.startswith("warp "):
+        out = warp_on_base(n, base_sigmas, float(name.split(" ", 1)[1]))
+    elif shift_of(name) is not None:
         if shifted is None:
             raise ValueError(f"schedule candidate {name!r} needs the model's scheduler (a model with a shift)")
-        return [float(v) for v in shifted(shift_of(name))]
-    raise ValueError(f"unknown schedule candidate {name!r}")
+        out = [float(v) for v in shifted(shift_of(name), n)]
+    else:
+        raise ValueError(f"unknown schedule candidate {name!r}")
+    return drop_penultimate(out) if discard_penultimate else out

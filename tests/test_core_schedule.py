@@ -170,12 +170,18 @@ def test_tuning_records_pick_and_merge():
     assert S.calibrated_candidate(p, 25, 30) is None                      # above 75 %
     assert S.schedule_for(p, "warp 1", 5, [1.0, 0.8, 0.5, 0.2, 0.0]) == S.warp_on_base(5, [1.0, 0.8, 0.5, 0.2, 0.0], 1.0)
     assert S.schedule_for(p, "profile", 5, [1.0, 0.8, 0.5, 0.2, 0.0]) == S.plan_on_base(p, 5, [1.0, 0.8, 0.5, 0.2, 0.0])
-    shifted = lambda s: [1.0, s / 10, 0.0]
-    assert S.schedule_for(p, "shift 3", 2, [1.0, 0.5, 0.0], shifted) == [1.0, 0.3, 0.0]
+    shifted = lambda s, n: [1.0 - k * s / 100 for k in range(n)] + [0.0]      # (shift, steps) -> σ, from the host
+    assert S.schedule_for(p, "shift 3", 2, [1.0, 0.5, 0.0], shifted) == [1.0, 0.97, 0.0]
     with pytest.raises(ValueError, match="shift"):
         S.schedule_for(p, "shift 3", 2, [1.0, 0.5, 0.0])                  # a shift candidate needs the host's scheduler
     cands = S.candidate_schedules(p, 2, [1.0, 0.5, 0.0], shifted, shifts=(2.0, 5.0))
-    assert set(cands) == {"shift 2", "shift 5", "profile"} and cands["shift 5"] == [1.0, 0.5, 0.0]
+    assert set(cands) == {"shift 2", "shift 5", "profile"} and cands["shift 5"] == [1.0, 0.95, 0.0]
+    # as KSampler runs uni_pc: one step more, the penultimate σ dropped (the same length, a larger last step)
+    kept = S.candidate_schedules(p, 3, [1.0, 0.5, 0.0], shifted, shifts=(5.0,), discard_penultimate=True)
+    assert kept["shift 5"] == [1.0, 0.95, 0.9, 0.0] and len(kept["profile"]) == 4
+    assert kept["profile"] == S.drop_penultimate(S.plan_on_base(p, 4, [1.0, 0.5, 0.0]))
+    assert S.schedule_for(p, "shift 5", 3, [1.0, 0.5, 0.0], shifted, discard_penultimate=True) == kept["shift 5"]
+    assert S.drop_penultimate([1.0, 0.0]) == [1.0, 0.0]
     assert set(S.candidate_schedules(p, 2, [1.0, 0.5, 0.0])) == {S.warp_name(w) for w in S.WARPS} | {"profile"}
 
 

@@ -190,3 +190,22 @@ def test_budget_mode_with_optimal_placement_computes_the_planned_steps(host, sc,
     assert sum(not s.reuse for s in steps) == 4                                  # 12 steps / 3, exactly
     assert {s.reason for s in steps if not s.reuse} <= {"first", "final_step", "planned_compute", "max_consecutive"}
     assert all(s.score is None for s in steps)                                   # no Δx measured: the plan decides
+
+
+@pytest.mark.parametrize("sampler", ["euler", "uni_pc"])
+def test_shift_candidates_are_what_ksampler_gives_at_that_shift(host, sc, demo, sampler):
+    """A "shift X" candidate at b steps is KSampler's own schedule after ModelSamplingSD3 with shift X (for uni_pc:
+    one step more, its penultimate σ dropped, as KSampler does)."""
+    import comfy.samplers
+    from comfy_extras.nodes_model_advanced import ModelSamplingSD3
+    model, profile, *_ = demo
+    base_schedule = importlib.import_module(f"{sc.nodes.__name__}.base_schedule")
+    plan = importlib.import_module(f"{sc.core.__name__}.schedule")
+    shifted = base_schedule.shifted_schedules(model, "simple")
+    discard = base_schedule.discards_penultimate(sampler)
+    assert discard == (sampler == "uni_pc")
+    base = base_schedule.base_sigmas(model, "simple", 30).tolist()
+    cands = plan.candidate_schedules(profile, 10, base, shifted, (3.0,), discard)
+    want = comfy.samplers.KSampler(ModelSamplingSD3().patch(model, shift=3.0)[0], 10, "cpu", sampler, "simple").sigmas
+    assert cands["shift 3"] == pytest.approx(want.tolist(), abs=1e-6)
+    assert len(cands["profile"]) == 11 and cands["profile"][-1] == 0.0
