@@ -89,6 +89,48 @@ else
   "$VENV/bin/python" "$ROOT/scripts/fetch_comfyui.py" "$DEV/ComfyUI"
 fi
 
+# ---- pinned packages beside the venv -------------------------------------------------------------------------
+# install_into DIR "PKGS" "import check" "what" [drop]: PKGS (pinned) into DIR with pip --target and no dependencies,
+# stamped with their hash (a second run does nothing); with drop, every distribution the venv already has is removed
+# from DIR again (never shadow the host's own packages), with stray top-level test folders.
+install_into() {
+  local dir="$1" pkgs="$2" check="$3" what="$4" drop="${5:-}" want
+  want="$(echo "$pkgs" | sha256sum | cut -d' ' -f1)"
+  if [ "$(cat "$dir/.sencache-stamp" 2>/dev/null)" = "$want" ]; then
+    say "$what present: $dir"
+    return
+  fi
+  say "installing $what into $dir (pip --target, no dependencies; about a minute)"
+  rm -rf "$dir"
+  # shellcheck disable=SC2086
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --target "$dir" $pkgs 2>&1 \
+    | grep -v "is ignored\|Target directory" || true
+  if [ -n "$drop" ]; then
+    "$VENV/bin/python" - "$dir" <<'PYEOF'
+import pathlib, shutil, sys
+from importlib.metadata import PackageNotFoundError, distribution
+site = pathlib.Path(sys.argv[1])
+shutil.rmtree(site / "tests", ignore_errors=True)
+for info in site.glob("*.dist-info"):
+    name = info.name.split("-")[0]
+    try:
+        distribution(name)
+    except PackageNotFoundError:
+        continue
+    for line in (info / "RECORD").read_text().splitlines():
+        p = site / line.split(",")[0]
+        if p.is_file():
+            p.unlink()
+    shutil.rmtree(info, ignore_errors=True)
+    print(f"[setup] dropped {name} from {site}: the venv has it")
+PYEOF
+  fi
+  PYTHONPATH="$dir" "$VENV/bin/python" -c "$check" \
+    || { echo "[setup] $what did not install into $dir" >&2; exit 1; }
+  echo "$want" > "$dir/.sencache-stamp"
+  say "$what ready"
+}
+
 # ---- host 0.18.1 (only where its source tree is available) ---------------------------------------------------
 TAR_0181="$HOSTS_DIR/comfyui-0.18.1.tar.gz"
 SITE_0181="$DEV/site-0.18.1"
@@ -100,20 +142,8 @@ if [ -f "$TAR_0181" ]; then
   say "ComfyUI 0.18.1 from $TAR_0181"
   "$VENV/bin/python" "$ROOT/scripts/fetch_comfyui.py" --tarball "$TAR_0181" \
     --sha256 72c6f65a3682c8dc7109ee958fed4f01319b660ae264eed50910b6718afff967 --version 0.18.1 "$DEV/ComfyUI-0.18.1"
-  site_want="$(echo "$PKGS_0181" | sha256sum | cut -d' ' -f1)"
-  if [ "$(cat "$SITE_0181/.sencache-stamp" 2>/dev/null)" = "$site_want" ]; then
-    say "0.18.1 packages present: $SITE_0181"
-  else
-    say "installing 0.18.1's packages into $SITE_0181 (pip --target, no dependencies; about a minute)"
-    rm -rf "$SITE_0181"
-    # shellcheck disable=SC2086
-    "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --target "$SITE_0181" $PKGS_0181 2>&1 \
-      | grep -v "is ignored" || true
-    PYTHONPATH="$SITE_0181" "$VENV/bin/python" -c "import comfy_kitchen, comfy_aimdo, simpleeval, blake3, comfyui_frontend_package" \
-      || { echo "[setup] the 0.18.1 packages did not install into $SITE_0181" >&2; exit 1; }
-    echo "$site_want" > "$SITE_0181/.sencache-stamp"
-    say "0.18.1 packages ready"
-  fi
+  install_into "$SITE_0181" "$PKGS_0181" "import comfy_kitchen, comfy_aimdo, simpleeval, blake3, comfyui_frontend_package" \
+    "0.18.1's packages"
 else
   say "ComfyUI 0.18.1 not set up: $TAR_0181 not found (the 0.18.1 test leg will be skipped)"
 fi
@@ -155,38 +185,6 @@ while read -r stem sha; do
   say "$pack extracted from $tarball"
 done <<< "$ECO_ARCHIVES"
 if [ "$eco_found" = 1 ]; then
-  eco_want="$(echo "$PKGS_ECO" | sha256sum | cut -d' ' -f1)"
-  if [ "$(cat "$SITE_ECO/.sencache-stamp" 2>/dev/null)" = "$eco_want" ]; then
-    say "the packs' packages present: $SITE_ECO"
-  else
-    say "installing the packs' packages into $SITE_ECO (pip --target, no dependencies)"
-    rm -rf "$SITE_ECO"
-    # shellcheck disable=SC2086
-    "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --target "$SITE_ECO" $PKGS_ECO 2>&1 \
-      | grep -v "is ignored\|Target directory" || true
-    # never shadow the host: drop every distribution the venv already has, and stray top-level test folders
-    "$VENV/bin/python" - "$SITE_ECO" <<'PYEOF'
-import pathlib, shutil, sys
-from importlib.metadata import PackageNotFoundError, distribution
-site = pathlib.Path(sys.argv[1])
-shutil.rmtree(site / "tests", ignore_errors=True)
-for info in site.glob("*.dist-info"):
-    name = info.name.split("-")[0]
-    try:
-        distribution(name)
-    except PackageNotFoundError:
-        continue
-    for line in (info / "RECORD").read_text().splitlines():
-        p = site / line.split(",")[0]
-        if p.is_file():
-            p.unlink()
-    shutil.rmtree(info, ignore_errors=True)
-    print(f"[setup] dropped {name} from {site}: the venv has it")
-PYEOF
-    PYTHONPATH="$SITE_ECO" "$VENV/bin/python" -c "import gguf, color_matcher, mss, cv2" \
-      || { echo "[setup] the packs' packages did not install into $SITE_ECO" >&2; exit 1; }
-    echo "$eco_want" > "$SITE_ECO/.sencache-stamp"
-    say "the packs' packages ready"
-  fi
+  install_into "$SITE_ECO" "$PKGS_ECO" "import gguf, color_matcher, mss, cv2" "the packs' packages" drop
 fi
 say "done"

@@ -134,13 +134,7 @@ def server(tmp_path_factory):
     for name, d in NPZ.items():
         write_reference_npz(prof / name, d)
     srv = ComfyServer(base, tiny=TINY)
-    # one intra-op thread in the server too (tests/conftest.py: tiny models lose a lot to oversubscription)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("OMP_NUM_THREADS", "1")
-    try:
-        srv.start()
-    finally:
-        mp.undo()
+    srv.start()                 # one intra-op thread (ComfyServer.start)
     print(f"\n[example workflows] models built and server up in {time.monotonic() - t0:.1f} s")
     srv.object_info = srv.get("/object_info")
     srv.version = srv.get("/system_stats")["system"]["comfyui_version"]

@@ -70,12 +70,7 @@ def wait_for_log(srv: ComfyServer, text: str, after: int, timeout: float = 120.0
 
 
 def start(base: pathlib.Path, **kw) -> ComfyServer:
-    mp = pytest.MonkeyPatch()
-    mp.setenv("OMP_NUM_THREADS", "1")          # tiny models lose a lot to oversubscription (tests/conftest.py)
-    try:
-        return ComfyServer(base, tiny=TINY, **kw).start()
-    finally:
-        mp.undo()
+    return ComfyServer(base, tiny=TINY, **kw).start()                 # one intra-op thread (ComfyServer.start)
 
 
 @pytest.fixture(scope="module")
