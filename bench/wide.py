@@ -82,6 +82,15 @@ def truth(d: dict, B) -> tuple[float, float, int]:
     return paired(psnrs(d, DEFAULT, B), psnrs(d, SCHEDULE, B))
 
 
+def calibrator_verdict(cal: dict, B) -> dict | None:
+    """The Calibrator's verdict at budget B, drawn by the pack's current rule (sencache_core.tuning.verdict) from the
+    tuning record the run stored (the rule is a pure function of that record)."""
+    from sencache_core import tuning as T
+    rec = cal.get("schedule_tuning")
+    key = next((k for k, b in T.tune_steps(int((rec or {}).get("steps", 0))).items() if b == int(B)), None)
+    return T.verdict(rec, key) if rec and key else None
+
+
 def judge(verdict: dict | None, true_m: float) -> tuple[str, float]:
     """How the Calibrator's verdict fared: ("right" | "wrong" | "none", dB lost against the better option on the test
     samples; "none" keeps the default, caching)."""
@@ -140,7 +149,7 @@ def summary(models=MODELS, configs=WIDE_CONFIGS, root: pathlib.Path = OUT) -> tu
                     if v == "behind":
                         facts["schedule_behind"].append((model, config, B, round(mu, 2), round(se, 2)))
                     row.append(f"{mu:+.2f} ± {se:.2f} ({v})")
-                    vd = (cal.get("verdicts") or {}).get(str(B))
+                    vd = calibrator_verdict(cal, B)
                     tm, tse, _ = truth(d, B)
                     how, lost = judge(vd, tm)
                     facts["verdicts"].append(dict(model=model, config=config, B=B, winner=(vd or {}).get("winner"),

@@ -18,8 +18,3 @@ def sampler_family(sampler_name: str | None) -> str:
         return "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in name)[:40]
     return "ode"
 
-
-def adds_noise(sampler_name: str | None) -> bool:
-    """Whether the sampler adds fresh noise during sampling (ancestral, SDE, ...): its runs at different step counts
-    follow different noise, so comparing them with a full-step run says little about a schedule."""
-    return sampler_family(sampler_name) not in ("ode", "unknown")
