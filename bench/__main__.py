@@ -23,6 +23,8 @@ COMMANDS = {
     "summary": ("bench.summary", "the compact quality tables of docs/RESULTS.md from results/quality/*.json"),
     "wide": ("bench.wide", "the wide benchmark's summary results/wide/README.md from results/wide/<model>/*.json "
                            "(scripts/bench_wide.sh runs the whole benchmark)"),
+    "budget": ("bench.budget", "budget mode as the node runs it at 2x, 3x, 4x: PSNR, computed steps, extrapolation "
+                               "error per step (results/budget/)"),
     "learned": ("bench.learned", "learned profiles against Calibrator profiles at matched evaluations "
                                  "(results/learned/)"),
     "defaults": ("bench.defaults", "evaluations and PSNR of the node's default settings per model "
