@@ -148,3 +148,19 @@ def test_fixed_interval_extrapolation_replays_sencache(host, demo_weights):
                  "euler", "simple")
     assert torch.equal(a.latent, b.latent)
     assert not torch.equal(b.latent, c.latent)
+
+
+def test_wide_summary_is_what_the_committed_results_give(tmp_path):
+    """results/wide/README.md (the published wide-benchmark tables and bars) is exactly what `python -m bench wide`
+    makes from the committed per-model results, with every verdict drawn by the pack's current rule."""
+    import shutil
+    from bench import wide
+    src = pathlib.Path(__file__).resolve().parent.parent / "results" / "wide"
+    if not any(src.glob("*/*.json")):
+        pytest.skip("no wide-benchmark results committed")
+    work = tmp_path / "wide"
+    shutil.copytree(src, work)
+    wide.main(["--dir", str(work)])
+    assert (work / "README.md").read_text() == (src / "README.md").read_text()
+    facts = json.loads((work / "summary.json").read_text())
+    assert facts["verdicts"] and all(v["how"] in ("right", "wrong", "none") for v in facts["verdicts"])
