@@ -134,6 +134,20 @@ function showTrace(detail) {
   });
 }
 
+// Draw after the node's own foreground; a drawing error is logged, never thrown into the canvas loop.
+function chainDraw(nodeType, draw, what) {
+  const before = nodeType.prototype.onDrawForeground;
+  nodeType.prototype.onDrawForeground = function (ctx, ...rest) {
+    const r = before?.apply(this, [ctx, ...rest]);
+    try {
+      draw(this, ctx);
+    } catch (err) {
+      console.warn(`SenCache: ${what} drawing failed`, err);
+    }
+    return r;
+  };
+}
+
 function showNotice(detail) {
   const node = findNode(detail.node_id);
   if (node) {
@@ -204,16 +218,7 @@ app.registerExtension({
   },
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (typeof nodeData?.name === "string" && nodeData.name.startsWith("SenCache")) {
-      const draw = nodeType.prototype.onDrawForeground;
-      nodeType.prototype.onDrawForeground = function (ctx, ...rest) {
-        const r = draw?.apply(this, [ctx, ...rest]);
-        try {
-          drawNotice(this, ctx);
-        } catch (err) {
-          console.warn("SenCache: notice drawing failed", err);
-        }
-        return r;
-      };
+      chainDraw(nodeType, drawNotice, "notice");
     }
     if (nodeData?.name !== NODE_TYPE) return;
     const computeSize = nodeType.prototype.computeSize;
@@ -222,15 +227,6 @@ app.registerExtension({
       if (this.sencacheTrace) size[1] += STRIP_H;
       return size;
     };
-    const onDrawForeground = nodeType.prototype.onDrawForeground;
-    nodeType.prototype.onDrawForeground = function (ctx, ...rest) {
-      const r = onDrawForeground?.apply(this, [ctx, ...rest]);
-      try {
-        drawStrip(this, ctx);
-      } catch (err) {
-        console.warn("SenCache: strip drawing failed", err);
-      }
-      return r;
-    };
+    chainDraw(nodeType, drawStrip, "strip");
   },
 });
