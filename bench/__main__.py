@@ -25,6 +25,8 @@ COMMANDS = {
                            "(scripts/bench_wide.sh runs the whole benchmark)"),
     "budget": ("bench.budget", "budget mode as the node runs it at 2x, 3x, 4x: PSNR, computed steps, extrapolation "
                                "error per step (results/budget/)"),
+    "verdict": ("bench.verdict", "the Calibrator's caching-or-fewer-steps verdict with more runs, against the wide "
+                                 "benchmark's truth (results/verdict/)"),
     "learned": ("bench.learned", "learned profiles against Calibrator profiles at matched evaluations "
                                  "(results/learned/)"),
     "defaults": ("bench.defaults", "evaluations and PSNR of the node's default settings per model "
